@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Set up and run watchroutes on a fresh machine with nothing but Python 3.11+.
+
+    python3 dev.py demo [ARGS]   # the example app, in memory (prints the URL to open)
+    python3 dev.py test [ARGS]   # the test suite (pytest ARGS)
+    python3 dev.py setup         # only (re)create the virtualenv in .venv
+
+The first run creates ``.venv`` and installs the package with its extras and the test and
+lint dependencies; later runs reuse it until ``pyproject.toml`` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".watchroutes-setup"
+EXTRAS = "starlette,fastapi,prometheus,server"
+
+
+def _digest() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def setup(force: bool = False) -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("watchroutes needs Python 3.11 or newer")
+    if not force and STAMP.exists() and STAMP.read_text() == _digest():
+        return
+    if not PYTHON.exists():
+        print("creating .venv ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    print("installing watchroutes and its test dependencies into .venv ...", flush=True)
+    subprocess.run([*pip, "--upgrade", "pip>=25.1"], check=True)
+    subprocess.run([*pip, "-e", f".[{EXTRAS}]", "--group", "dev"], check=True, cwd=ROOT)
+    STAMP.write_text(_digest())
+
+
+def main(argv: list[str]) -> int:
+    command, args = (argv[0], argv[1:]) if argv else ("help", [])
+    if command == "setup":
+        setup(force=True)
+        return 0
+    if command == "demo":
+        setup()
+        if not any(a in ("starlette", "fastapi") for a in args[:1]):
+            args = ["starlette", "--host", "127.0.0.1", "--port", "8000", *args]
+        return subprocess.call([str(PYTHON), "-m", "examples", *args], cwd=ROOT)
+    if command == "test":
+        setup()
+        return subprocess.call([str(PYTHON), "-m", "pytest", *args], cwd=ROOT)
+    print(__doc__)
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

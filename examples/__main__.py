@@ -1,0 +1,68 @@
+"""``python -m examples FRAMEWORK --host H --port P [...]`` (DESIGN 6)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .orders import Settings
+
+FRAMEWORKS = ("starlette", "fastapi")
+
+
+def parse(argv: list[str]) -> tuple[str, Settings]:
+    parser = argparse.ArgumentParser(prog="python -m examples", description=__doc__)
+    parser.add_argument("framework", choices=FRAMEWORKS)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--backend", default=None, help="event log URL (default: in-memory)")
+    parser.add_argument("--token", default=None, help="require this bearer token on /orders")
+    parser.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
+    parser.add_argument("--retention", type=int, default=10_000, metavar="EVENTS")
+    parser.add_argument("--buffer", type=int, default=1000, metavar="EVENTS")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="start with N orders")
+    args = parser.parse_args(argv)
+    if args.heartbeat <= 0 or args.retention < 1 or args.buffer < 1:
+        parser.error("--heartbeat, --retention and --buffer must be positive")
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        token=args.token,
+        heartbeat=args.heartbeat,
+        retention=args.retention,
+        buffer=args.buffer,
+        seed=args.seed,
+    )
+    return args.framework, settings
+
+
+def main(argv: list[str]) -> None:
+    framework, settings = parse(argv)
+    import uvicorn
+
+    from watchroutes.adapters.uvicorn import Server
+
+    if framework == "fastapi":
+        from .fastapi_app import create_app as create_fastapi
+
+        app = create_fastapi(settings)
+    else:
+        from .starlette_app import create_app
+
+        app = create_app(settings)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=8,
+    )
+    Server(config, hubs=[app.state.hub], announce=True).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

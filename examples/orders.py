@@ -1,0 +1,112 @@
+"""What every framework's orders app shares: the hub, bodies, auth, metrics and the page."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from watchroutes import (
+    BadRequest,
+    Hub,
+    RequestEntityTooLarge,
+    Resource,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
+MAX_BODY = 1024 * 1024
+PATCH_TYPES = ("application/merge-patch+json", "application/json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str | None = None
+    token: str | None = None
+    heartbeat: float = 15.0
+    retention: int = 10_000
+    buffer: int = 1000
+    seed: int = 0
+
+
+def make_hub(settings: Settings) -> tuple[Hub, Resource]:
+    if settings.backend not in (None, "", "memory", "memory://"):
+        raise SystemExit(f"backend {settings.backend!r} is not available in this version")
+    hub = Hub(heartbeat=settings.heartbeat, buffer=settings.buffer)
+    orders = hub.resource("orders", kind="Order", retention_events=settings.retention)
+    if settings.seed:
+        orders.seed(demo_orders(settings.seed))
+    return hub, orders
+
+
+def demo_orders(count: int) -> list[dict[str, Any]]:
+    items = ["book", "lamp", "chair", "pen", "mug"]
+    regions = ["eu", "us", "apac"]
+    return [
+        {
+            "metadata": {"name": f"o-{i}", "labels": {"region": regions[i % 3]}},
+            "spec": {"item": items[i % 5], "qty": i % 4 + 1},
+            "status": {"phase": "new"},
+        }
+        for i in range(1, count + 1)
+    ]
+
+
+def check_token(settings: Settings, authorization: str | None, query_token: str | None) -> None:
+    """``Authorization: Bearer T``, or ``access_token=T`` on a GET (EventSource)."""
+    if settings.token is None:
+        return
+    given = None
+    if authorization and authorization[:7].lower() == "bearer ":
+        given = authorization[7:].strip()
+    elif query_token is not None:
+        given = query_token
+    if given is None or not hmac.compare_digest(given.encode(), settings.token.encode()):
+        raise Unauthorized("a valid bearer token is required")
+
+
+def decode_body(body: bytes, content_type: str | None, *, patch: bool = False) -> dict[str, Any]:
+    if len(body) > MAX_BODY:
+        raise RequestEntityTooLarge(f"the body is {len(body)} bytes; the limit is {MAX_BODY}")
+    media = (content_type or "").split(";")[0].strip().lower()
+    if patch and media not in PATCH_TYPES:
+        raise UnsupportedMediaType(
+            f"PATCH takes {' or '.join(PATCH_TYPES)}, not {media[:60] or 'no content type'!r}"
+        )
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def metrics_text(hub: Hub) -> bytes:
+    stats = hub.statistics()
+    rows = [
+        ("watchroutes_active_watches", "gauge", "Watch streams open now.", stats.active_watches),
+        (
+            "watchroutes_events_published_total",
+            "counter",
+            "Events published to the hub.",
+            stats.events_published,
+        ),
+        ("watchroutes_cached_objects", "gauge", "Objects in the watch cache.", stats.cached_objects),
+        (
+            "watchroutes_events_evicted_young_total",
+            "counter",
+            "Events evicted while younger than two heartbeat intervals.",
+            stats.evicted_young,
+        ),
+    ]
+    lines = []
+    for name, kind, help_text, value in rows:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,104 @@
+"""The orders app on Starlette."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from watchroutes import ClientError, MethodNotAllowed, NotFound
+from watchroutes.adapters.starlette import error_response, list_response, watchable
+
+from .orders import PAGE, Settings, check_token, decode_body, make_hub, metrics_text
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(settings: Settings) -> Starlette:
+    hub, orders = make_hub(settings)
+
+    def guarded(endpoint: Endpoint) -> Endpoint:
+        async def wrapper(request: Request) -> Response:
+            try:
+                check_token(
+                    settings,
+                    request.headers.get("authorization"),
+                    request.query_params.get("access_token") if request.method == "GET" else None,
+                )
+                return await endpoint(request)
+            except ClientError as exc:
+                return error_response(exc)
+
+        return wrapper
+
+    @watchable(orders)
+    async def list_orders(request: Request) -> Response:
+        return list_response(orders, request)
+
+    @watchable(orders, key="name")
+    async def get_order(request: Request) -> Response:
+        return list_response(orders, request, key=request.path_params["name"])
+
+    async def create_order(request: Request) -> Response:
+        body = decode_body(await request.body(), request.headers.get("content-type"))
+        return JSONResponse(orders.create(body), status_code=201)
+
+    async def replace_order(request: Request) -> Response:
+        body = decode_body(await request.body(), request.headers.get("content-type"))
+        return JSONResponse(orders.replace(body, key=request.path_params["name"]))
+
+    async def patch_order(request: Request) -> Response:
+        ctype = request.headers.get("content-type")
+        body = decode_body(await request.body(), ctype, patch=True)
+        return JSONResponse(orders.patch(request.path_params["name"], body))
+
+    async def delete_order(request: Request) -> Response:
+        return JSONResponse(orders.delete(request.path_params["name"]))
+
+    async def collection(request: Request) -> Response:
+        if request.method == "POST":
+            return await create_order(request)
+        return await list_orders(request)
+
+    async def item(request: Request) -> Response:
+        handler = {
+            "GET": get_order,
+            "PUT": replace_order,
+            "PATCH": patch_order,
+            "DELETE": delete_order,
+        }[request.method]
+        return await handler(request)
+
+    async def page(request: Request) -> Response:
+        return Response(PAGE, media_type="text/html; charset=utf-8")
+
+    async def metrics(request: Request) -> Response:
+        return Response(metrics_text(hub), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route for {request.url.path[:200]}"))
+        return JSONResponse({"message": exc.detail}, status_code=exc.status_code)
+
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/metrics", metrics),
+            Route("/orders", guarded(collection), methods=["GET", "POST"]),
+            Route(
+                "/orders/{name}",
+                guarded(item),
+                methods=["GET", "PUT", "PATCH", "DELETE"],
+            ),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.hub = hub
+    return app

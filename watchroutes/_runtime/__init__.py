@@ -1,0 +1,1 @@
+"""The anyio runtime: the Hub, the watch driver and shutdown."""

@@ -1,0 +1,485 @@
+"""The Hub: where application code publishes and where adapters get their answers.
+
+Threads: every method that changes state is a plain (non-async) method, callable from the
+event loop *and* from any other thread. Calls from a foreign thread are handed to the loop the
+hub is bound to (``anyio.from_thread.run_sync`` with the loop's token), so the core's state and
+the watchers' wake-ups are only ever touched by the loop's thread; before the hub is bound to a
+loop, calls run directly under the hub's lock.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, NamedTuple, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from .._core.errors import (
+    AlreadyExists,
+    BadRequest,
+    ClientError,
+    Conflict,
+    Expired,
+    NotFound,
+    UsageError,
+)
+from .._core.events import Entry, EventType, Frame
+from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
+from .._core.objects import merge_patch, object_rv
+from .._core.params import Mode, WatchRequest, parse_request
+from .._core.registry import DEFAULT_BUFFER_SIZE
+from .._core.session import DEFAULT_HEARTBEAT
+from .._core.state import DEFAULT_MAX_OBJECT_BYTES, HubState, StateSource, object_key
+from .._core.wire.sse import DEFAULT_RETRY_MS
+from .clock import Clock, SystemClock
+from .reply import Reply, error_reply, json_reply
+from .stream import WatchStream, open_stream
+
+__all__ = [
+    "DEFAULT_MAX_WATCH_SECONDS",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "DEFAULT_WRITE_TIMEOUT",
+    "Hub",
+    "HubStatistics",
+    "RequestInfo",
+    "Resource",
+]
+
+T = TypeVar("T")
+
+#: Longest a watch lasts before the server ends it (randomised to 1x-2x so clients do not
+#: reconnect in step); kube-apiserver's --min-request-timeout default.
+DEFAULT_MAX_WATCH_SECONDS: Final = 1800.0
+#: A write that does not complete in this time ends the watch (a half-open or stuck peer).
+DEFAULT_WRITE_TIMEOUT: Final = 10.0
+#: How long shutdown waits for streams to end before cancelling them.
+DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+
+Snapshot = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
+
+
+class HubStatistics(NamedTuple):
+    head: int
+    resources: int
+    active_watches: int
+    events_published: int
+    cached_objects: int
+    evicted_young: int
+
+
+class RequestInfo(NamedTuple):
+    """What an adapter reads off a request, framework-neutral."""
+
+    query: list[tuple[str, str]]
+    accept: str | None = None
+    last_event_id: str | None = None
+    key: str | None = None
+
+
+class Resource:
+    """A watchable collection; ``hub.resource("orders", kind="Order")`` returns one."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        name: str,
+        *,
+        kind: str,
+        api_version: str,
+        snapshot: Snapshot | None,
+        cache: bool,
+    ) -> None:
+        self.hub = hub
+        self.name = name
+        self.kind = kind
+        self.api_version = api_version
+        self.list_kind = kind + "List"
+        self.snapshot = snapshot
+        if snapshot is not None:
+            self.source = StateSource.CALLBACK
+        else:
+            self.source = StateSource.CACHE if cache else StateSource.NONE
+
+    def __repr__(self) -> str:
+        return f"Resource({self.name!r}, kind={self.kind!r})"
+
+    # Application-facing helpers; see Hub for the semantics.
+    def publish(self, type: str | EventType, obj: Any, *, key: str | None = None) -> Any:  # noqa: A002
+        return self.hub.publish(self.name, type, obj, key=key)
+
+    def create(self, obj: Any) -> Any:
+        return self.hub.create(self.name, obj)
+
+    def replace(self, obj: Any, *, key: str | None = None) -> Any:
+        return self.hub.replace(self.name, obj, key=key)
+
+    def patch(self, key: str, patch: Any) -> Any:
+        return self.hub.patch(self.name, key, patch)
+
+    def delete(self, key: str, *, resource_version: str | None = None) -> Any:
+        return self.hub.delete(self.name, key, resource_version=resource_version)
+
+    def get(self, key: str) -> Any:
+        return self.hub.get(self.name, key)
+
+    def list(self) -> tuple[str, list[Any]]:
+        return self.hub.list(self.name)
+
+    def seed(self, objects: Iterable[Any]) -> int:
+        return self.hub.seed(self.name, objects)
+
+
+class Hub:
+    """Resources, their event log, subscriptions and clocks, for one application."""
+
+    def __init__(
+        self,
+        *,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        buffer: int = DEFAULT_BUFFER_SIZE,
+        retention_events: int = DEFAULT_RETENTION_EVENTS,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        max_watch_seconds: float = DEFAULT_MAX_WATCH_SECONDS,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        retry_ms: int = DEFAULT_RETRY_MS,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        clock: Clock | None = None,
+    ) -> None:
+        if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
+            raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
+        self.clock: Clock = clock or SystemClock()
+        self.heartbeat = heartbeat
+        self.buffer = buffer
+        self.max_watch_seconds = max_watch_seconds
+        self.write_timeout = write_timeout
+        self.shutdown_grace = shutdown_grace
+        self.retry_ms = retry_ms
+        self.state = HubState(
+            now_us=self.clock.time_us(),
+            retention_events=retention_events,
+            retention_seconds=retention_seconds,
+            young_window=2 * heartbeat,
+            max_object_bytes=max_object_bytes,
+        )
+        self.resources: dict[str, Resource] = {}
+        self._lock = threading.RLock()
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._streams: set[WatchStream] = set()
+        self._streams_idle: anyio.Event | None = None
+        self._random = random.Random()
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def resource(
+        self,
+        name: str,
+        *,
+        kind: str | None = None,
+        api_version: str = "v1",
+        snapshot: Snapshot | None = None,
+        cache: bool = True,
+        retention_events: int | None = None,
+        retention_seconds: float | None = None,
+    ) -> Resource:
+        """Register a watchable resource. ``kind`` defaults to the name, singular-cased
+        (``orders`` -> ``Order``); ``snapshot`` replaces the watch cache as state source."""
+        if not name or "/" in name:
+            raise UsageError("a resource name is a non-empty string without '/'")
+        with self._lock:
+            self.state.add_resource(
+                name, max_events=retention_events, max_age=retention_seconds
+            )
+            kind = kind or (name[:-1] if name.endswith("s") else name).capitalize()
+            res = Resource(
+                self, name, kind=kind, api_version=api_version, snapshot=snapshot, cache=cache
+            )
+            self.resources[name] = res
+            return res
+
+    def bind(self) -> None:
+        """Attach the hub to the running event loop (done on first use from async code)."""
+        if self._token is None:
+            self._token = anyio.lowlevel.current_token()
+            self._loop_thread = threading.get_ident()
+
+    async def __aenter__(self) -> Hub:
+        self.bind()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- thread routing ----------------------------------------------------------------------
+
+    def _call(self, func: Callable[..., T], *args: Any) -> T:
+        token = self._token
+        if token is not None and threading.get_ident() != self._loop_thread:
+            try:
+                return anyio.from_thread.run_sync(func, *args, token=token)
+            except anyio.RunFinishedError:
+                self._token = self._loop_thread = None
+        with self._lock:
+            return func(*args)
+
+    def _resource(self, name: str) -> Resource:
+        try:
+            return self.resources[name]
+        except KeyError:
+            raise NotFound(f"resource {name[:100]!r} not found") from None
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        resource: str,
+        type: str | EventType,  # noqa: A002
+        obj: Any,
+        *,
+        key: str | None = None,
+    ) -> Any:
+        """Record one change (``ADDED``, ``MODIFIED`` or ``DELETED``) and deliver it.
+
+        Returns the stored object, stamped with its ``metadata.resourceVersion`` when it
+        follows the object convention. Safe from async code and from any thread.
+        """
+        etype = EventType(type)
+        return self._call(self._append, resource, etype, obj, key).object
+
+    def _append(self, resource: str, etype: EventType, obj: Any, key: str | None) -> Entry:
+        clock = self.clock
+        state = self.state
+        now = clock.now()
+        entry = state.append(resource, etype, obj, key=key, now=now, now_us=clock.time_us())
+        state.log(resource).compact(now)
+        return entry
+
+    def create(self, resource: str, obj: Any) -> Any:
+        """Add a new object; ``AlreadyExists`` (409) if its key is taken."""
+        return self._call(self._create, resource, _body(obj))
+
+    def _create(self, resource: str, obj: dict[str, Any]) -> Any:
+        key = _key_of(obj)
+        if self.state.get(resource, key) is not None:
+            raise AlreadyExists(f'{resource} "{key}" already exists')
+        return self._append(resource, EventType.ADDED, obj, key).object
+
+    def replace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
+        """Replace an existing object; ``NotFound`` if missing, ``Conflict`` on a stale rv."""
+        return self._call(self._replace, resource, _body(obj), key)
+
+    def _replace(self, resource: str, obj: dict[str, Any], key: str | None) -> Any:
+        name = _key_of(obj)
+        if key is not None and name != key:
+            raise BadRequest(f"metadata.name {name[:100]!r} does not match the URL's {key!r}")
+        current = self._current(resource, name)
+        _check_rv(resource, name, obj, current)
+        return self._append(resource, EventType.MODIFIED, obj, name).object
+
+    def patch(self, resource: str, key: str, patch: Any) -> Any:
+        """Apply a JSON merge patch (RFC 7386) to an existing object."""
+        return self._call(self._patch, resource, key, _body(patch))
+
+    def _patch(self, resource: str, key: str, patch: dict[str, Any]) -> Any:
+        current = self._current(resource, key)
+        _check_rv(resource, key, patch, current)
+        merged = merge_patch(current.object, patch)
+        if _key_of(merged) != key:
+            raise BadRequest("a patch cannot change metadata.name")
+        return self._append(resource, EventType.MODIFIED, merged, key).object
+
+    def delete(self, resource: str, key: str, *, resource_version: str | None = None) -> Any:
+        """Delete an object; returns it stamped with the deletion's rv."""
+        return self._call(self._delete, resource, key, resource_version)
+
+    def _delete(self, resource: str, key: str, rv: str | None) -> Any:
+        current = self._current(resource, key)
+        if rv is not None and rv != str(current.rv):
+            raise Conflict(_conflict_message(resource, key, rv, current.rv))
+        return self._append(resource, EventType.DELETED, current.object, key).object
+
+    def _current(self, resource: str, key: str) -> Entry:
+        entry = self.state.get(resource, key)
+        if entry is None:
+            raise NotFound(f'{resource} "{key[:100]}" not found')
+        return entry
+
+    def seed(self, resource: str, objects: Iterable[Any]) -> int:
+        """Load start-up state into the watch cache without emitting events."""
+        clock = self.clock
+        with self._lock:
+            return self.state.seed(resource, objects, now=clock.now(), now_us=clock.time_us())
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        return self.state.head
+
+    def get(self, resource: str, key: str) -> Any:
+        """The current object, or ``NotFound``."""
+        with self._lock:
+            self._resource(resource)
+            return self._current(resource, key).object
+
+    def list(self, resource: str) -> tuple[str, list[Any]]:
+        """The rv and every object of ``resource``, consistent with each other."""
+        from .._core.selectors import EVERYTHING
+
+        with self._lock:
+            self._resource(resource)
+            head, items = self.state.snapshot(resource, EVERYTHING)
+            return str(head), items
+
+    def statistics(self) -> HubStatistics:
+        with self._lock:
+            state = self.state
+            return HubStatistics(
+                head=state.head,
+                resources=len(state.logs),
+                active_watches=len(self._streams),
+                events_published=state.published,
+                cached_objects=sum(len(log.state) for log in state.logs.values()),
+                evicted_young=sum(log.evicted_young for log in state.logs.values()),
+            )
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def answer(self, resource: str, request: RequestInfo, *, list_: bool = True) -> Reply:
+        """The complete answer to a GET of a watchable route (DESIGN 3.1)."""
+        reply = await self.answer_watch(resource, request)
+        if reply is not None:
+            return reply
+        return self.answer_list(resource, request) if list_ else Reply(200, [])
+
+    async def answer_watch(self, resource: str, request: RequestInfo) -> Reply | None:
+        """The answer when ``request`` is a watch; ``None`` when it is a plain GET."""
+        self.bind()
+        mode = Mode.LIST
+        try:
+            res = self._resource(resource)
+            parsed = parse_request(
+                request.query,
+                accept=request.accept,
+                last_event_id=request.last_event_id,
+                key=request.key,
+            )
+            mode = parsed.mode
+            if mode is Mode.LIST:
+                return None
+            if mode is Mode.LONGPOLL:
+                from .longpoll import answer_longpoll
+
+                return await answer_longpoll(self, res, parsed)
+            return await open_stream(self, res, parsed)
+        except ClientError as exc:
+            return error_reply(exc, mode, retry_ms=self.retry_ms)
+
+    def answer_list(self, resource: str, request: RequestInfo) -> Reply:
+        """The library's list body (Kubernetes style) or, for a key, the object."""
+        try:
+            res = self._resource(resource)
+            parsed = parse_request(request.query, key=request.key)
+            with self._lock:
+                head, items = self._list_checked(res, parsed)
+            if request.key is not None:
+                if not items:
+                    raise NotFound(f'{resource} "{request.key[:100]}" not found')
+                return json_reply(200, items[0])
+            body = {
+                "kind": res.list_kind,
+                "apiVersion": res.api_version,
+                "metadata": {"resourceVersion": str(head)},
+                "items": items,
+            }
+            return json_reply(200, body)
+        except ClientError as exc:
+            return error_reply(exc, Mode.LIST, retry_ms=self.retry_ms)
+
+    def _list_checked(self, res: Resource, parsed: WatchRequest) -> tuple[int, list[Any]]:
+        rv = parsed.resource_version
+        if rv and rv > self.head:  # "at least rv": this log is the truth, so rv never existed
+            raise Expired(f"resource version {rv} is newer than this log's head ({self.head})")
+        return self.state.snapshot(res.name, parsed.filter)
+
+    def end_at(self, timeout_seconds: int | None) -> float:
+        limit = self.max_watch_seconds * (1.0 + self._random.random())
+        if timeout_seconds:
+            limit = min(limit, float(timeout_seconds))
+        return self.clock.now() + limit
+
+    async def snapshot_frames(self, res: Resource, parsed: WatchRequest) -> list[Frame]:
+        """Initial frames from the application's snapshot callback (no id, no rv)."""
+        assert res.snapshot is not None
+        result = res.snapshot()
+        objects = await result if inspect.isawaitable(result) else result
+        flt = parsed.filter
+        return [
+            Frame(EventType.ADDED, obj, None)
+            for obj in objects
+            if flt.everything or flt.matches(obj)
+        ]
+
+    # -- streams and shutdown --------------------------------------------------------------------
+
+    def _track(self, stream: WatchStream) -> None:
+        self._streams.add(stream)
+
+    def _untrack(self, stream: WatchStream) -> None:
+        self._streams.discard(stream)
+        if not self._streams and self._streams_idle is not None:
+            self._streams_idle.set()
+
+    @property
+    def closing(self) -> bool:
+        return self.state.closing
+
+    def begin_shutdown(self) -> None:
+        """Refuse new watches and end every open stream resumably (final bookmark, then end).
+
+        Callable from a signal handler's thread or any other; see :meth:`aclose` to wait.
+        """
+        self._call(self.state.begin_shutdown)
+
+    async def aclose(self) -> None:
+        """Shut down: end every stream, wait up to ``shutdown_grace``, cancel what remains."""
+        self.bind()
+        self.begin_shutdown()
+        if self._streams:
+            self._streams_idle = anyio.Event()
+            with anyio.move_on_after(self.shutdown_grace):
+                await self._streams_idle.wait()
+            for stream in list(self._streams):
+                stream.cancel()
+
+
+def _body(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise BadRequest("the body must be a JSON object")
+    return dict(obj)
+
+
+def _key_of(obj: Any) -> str:
+    try:
+        return object_key(obj)
+    except UsageError:
+        raise BadRequest("the object needs a non-empty string metadata.name") from None
+
+
+def _conflict_message(resource: str, key: str, given: str, current: int) -> str:
+    return (
+        f'the object {resource} "{key[:100]}" has been modified: resourceVersion {given[:40]} '
+        f"is not the current {current}"
+    )
+
+
+def _check_rv(resource: str, key: str, body: Any, current: Entry) -> None:
+    given = object_rv(body)
+    if given is not None and given != str(current.rv):
+        raise Conflict(_conflict_message(resource, key, given, current.rv))

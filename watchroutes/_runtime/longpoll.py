@@ -1,0 +1,65 @@
+"""Long poll (DESIGN 3.6): one request, one JSON answer, the same cursor as every stream."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._core.events import Frame
+from .._core.params import WatchRequest
+from .._core.registry import CloseReason
+from .reply import JSON_HEADERS, Reply
+
+if TYPE_CHECKING:
+    from .hub import Hub, Resource
+
+__all__ = ["DEFAULT_LONGPOLL_SECONDS", "answer_longpoll"]
+
+#: How long a long poll waits for a change when the client gives no ``timeoutSeconds``:
+#: under the 60 s idle timeouts of common proxies.
+DEFAULT_LONGPOLL_SECONDS = 30.0
+
+
+def _body(frames: list[Frame], rv: int) -> bytes:
+    events = b",".join(f.json() for f in frames)
+    return b'{"events":[%s],"resourceVersion":"%d"}' % (events, rv)
+
+
+async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
+    import anyio
+
+    clock = hub.clock
+    with hub._lock:
+        opening = hub.state.open_watch(res.name, parsed, source=res.source, buffer=hub.buffer)
+    sub = opening.subscription
+    headers = list(JSON_HEADERS)
+    try:
+        if opening.initial is not None:
+            frames = opening.initial
+            if opening.needs_snapshot:
+                frames = await hub.snapshot_frames(res, parsed)
+            return Reply(200, headers, _body(frames, opening.head))
+        frames = opening.replay
+        rv = opening.head
+        if not frames:
+            seconds = float(parsed.timeout_seconds or DEFAULT_LONGPOLL_SECONDS)
+            deadline = clock.now() + min(seconds, hub.max_watch_seconds)
+            event = anyio.Event()
+            sub.waker = event.set
+            while not len(sub) and sub.closed is None and clock.now() < deadline:
+                await clock.wait(event, deadline)
+                if event.is_set():
+                    event = anyio.Event()
+                    sub.waker = event.set
+            with hub._lock:
+                frames = sub.drain()
+                rv = hub.state.head
+                if sub.closed is CloseReason.SLOW:  # its queue was dropped: poll again from here
+                    frames, rv = [], opening.head
+        if len(frames) > parsed.limit:
+            frames = frames[: parsed.limit]
+            last = frames[-1].rv
+            rv = last if last is not None else rv
+        return Reply(200, headers, _body(frames, rv))
+    finally:
+        with hub._lock:
+            hub.state.close_watch(sub, CloseReason.CLIENT)

@@ -1,0 +1,180 @@
+"""The watch driver: one task per watch, waiting on its buffer until the session's deadline.
+
+``WatchStream.run(send)`` is the pump. It asks the sans-IO session what to write, writes it
+under a write timeout, and sleeps until the subscription wakes it (a frame, a close) or the
+session's next deadline (heartbeat, bookmark, timeoutSeconds). Shutdown reaches it through the
+same wake-up: the hub closes the subscription and the session writes its final bookmark.
+
+``serve(stream, send, wait_disconnect)`` races the pump against a task that notices the peer
+going away, for servers that only report a disconnect through ``receive()`` (ASGI).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from .._core.errors import Expired, InternalError
+from .._core.params import Mode, WatchRequest
+from .._core.registry import CloseReason, Subscription
+from .._core.session import WatchSession
+from .._core.wire import Wire
+from .._core.wire.jsonlines import JsonLinesWire
+from .._core.wire.sse import SseWire
+from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply
+
+if TYPE_CHECKING:
+    from .hub import Hub, Resource
+
+__all__ = ["Disconnected", "WatchStream", "open_stream", "serve"]
+
+logger = logging.getLogger("watchroutes")
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class Disconnected(Exception):
+    """Raised by an adapter's ``send`` when the peer is gone."""
+
+
+class WatchStream:
+    """A prepared watch: its session and subscription, ready to be pumped."""
+
+    def __init__(self, hub: Hub, session: WatchSession, subscription: Subscription) -> None:
+        self.hub = hub
+        self.session = session
+        self.subscription = subscription
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False
+        self._finished = False
+        hub._track(self)
+
+    def cancel(self) -> None:
+        """Stop the pump at once (shutdown grace exceeded)."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def discard(self) -> None:
+        """Release a stream that will never run (the adapter could not start it)."""
+        self._finish(CloseReason.CLIENT)
+
+    def _finish(self, reason: CloseReason) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        hub = self.hub
+        with hub._lock:
+            if not self.session.closed:
+                self.session.close(reason)
+            hub.state.close_watch(self.subscription, reason)
+        hub._untrack(self)
+
+    async def run(self, send: Send) -> None:
+        """Write the stream with ``send`` until it ends; never raises for a vanished peer."""
+        reason = CloseReason.CLIENT
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._cancelled:
+                scope.cancel()
+            try:
+                reason = await self._pump(send)
+            except TimeoutError:
+                reason = CloseReason.ERROR
+                logger.info("watch %s: write timed out", self.subscription.id)
+            except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                reason = CloseReason.CLIENT
+            finally:
+                if scope.cancel_called:
+                    reason = CloseReason.SHUTDOWN if self._cancelled else CloseReason.CLIENT
+                self._finish(reason)
+
+    async def _pump(self, send: Send) -> CloseReason:
+        hub = self.hub
+        clock = hub.clock
+        lock = hub._lock
+        state = hub.state
+        session = self.session
+        sub = self.subscription
+        write_timeout = hub.write_timeout
+        event = anyio.Event()
+        sub.waker = event.set
+        while True:
+            with lock:
+                data = session.step(clock.now(), state.head)
+            if data:
+                with anyio.fail_after(write_timeout):
+                    await send(data)
+            if session.closed:
+                return session.close_reason or CloseReason.TIMEOUT
+            if session.ready:
+                await anyio.lowlevel.checkpoint()
+                continue
+            if event.is_set():
+                event = anyio.Event()
+                sub.waker = event.set
+                if session.ready:
+                    continue
+            await clock.wait(event, session.deadline())
+
+
+async def serve(
+    stream: WatchStream, send: Send, wait_disconnect: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``stream`` until it ends or ``wait_disconnect`` returns (the peer left)."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch_peer() -> None:
+            await wait_disconnect()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch_peer)
+        await stream.run(send)
+        tg.cancel_scope.cancel()
+
+
+def _wire(res: Resource, parsed: WatchRequest, retry_ms: int) -> Wire:
+    if parsed.mode is Mode.SSE:
+        return SseWire(res.kind, res.api_version, retry_ms=retry_ms)
+    return JsonLinesWire(res.kind, res.api_version, bookmarks=parsed.allow_watch_bookmarks)
+
+
+async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
+    """Register the watch and prepare its stream (DESIGN 3.3 for SSE, 3.4 for JSON lines)."""
+    wire = _wire(res, parsed, hub.retry_ms)
+    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
+    try:
+        with hub._lock:
+            opening = hub.state.open_watch(res.name, parsed, source=res.source, buffer=hub.buffer)
+    except Expired as exc:
+        if parsed.mode is not Mode.JSONLINES:
+            raise
+        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
+        return Reply(200, headers, wire.error(exc.status()))
+    sub = opening.subscription
+    initial = opening.initial
+    if opening.needs_snapshot:
+        try:
+            initial = await hub.snapshot_frames(res, parsed)
+        except Exception:
+            with hub._lock:
+                hub.state.close_watch(sub, CloseReason.ERROR)
+            logger.exception("snapshot callback of %r failed", res.name)
+            raise InternalError("the snapshot of the current state failed") from None
+    session = WatchSession(
+        wire=wire,
+        subscription=sub,
+        now=hub.clock.now(),
+        snapshot_rv=opening.head,
+        start_rv=opening.start_rv,
+        initial=initial,
+        replay=opening.replay,
+        reset=opening.reset,
+        heartbeat=hub.heartbeat,
+        end_at=hub.end_at(parsed.timeout_seconds),
+    )
+    return Reply(200, headers, session.preamble(), WatchStream(hub, session, sub))

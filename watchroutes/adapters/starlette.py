@@ -1,0 +1,195 @@
+"""Starlette (and so FastAPI) adapter: make an existing route watchable.
+
+::
+
+    hub = Hub()
+    orders = hub.resource("orders", kind="Order")
+
+    @watchable(orders)                 # GET /orders: list, or a watch when the client asks
+    async def list_orders(request):   # runs only for a plain GET
+        ...
+
+    @watchable(orders, key="name")     # GET /orders/{name}: the object, or a watch of it
+    async def get_order(request): ...
+
+The same decorator works on FastAPI path operations (it adds a ``Request`` parameter to the
+signature when the function has none). Without an endpoint of your own,
+``watch_endpoint(orders)`` answers plain GETs with the Kubernetes-style list body.
+
+The adapter only translates: request -> :class:`RequestInfo`, :class:`Reply` -> ASGI messages,
+and the peer's ``http.disconnect`` -> the end of the pump.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+try:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import Receive, Scope, Send
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "watchroutes.adapters.starlette needs Starlette: pip install 'watchroutes[starlette]'"
+    ) from exc
+
+from .._core.errors import ClientError
+from .._core.params import Mode
+from .._runtime.hub import RequestInfo, Resource
+from .._runtime.reply import Reply, error_reply
+from .._runtime.stream import Disconnected, serve
+
+__all__ = [
+    "ReplyResponse",
+    "error_response",
+    "list_response",
+    "request_info",
+    "watch_endpoint",
+    "watchable",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REQUEST_PARAM = "_watchroutes_request"
+_RESPONSE_PARAM = "_watchroutes_response"
+
+
+def request_info(request: Request, key: str | None = None) -> RequestInfo:
+    """Translate a Starlette request; ``key`` names the path parameter of an object route."""
+    headers = request.headers
+    return RequestInfo(
+        query=request.query_params.multi_items(),
+        accept=headers.get("accept"),
+        last_event_id=headers.get("last-event-id"),
+        key=None if key is None else str(request.path_params[key]),
+    )
+
+
+class ReplyResponse(Response):
+    """An ASGI response for a :class:`Reply`, streaming when the reply has a stream."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.status_code = reply.status
+        self.background = None
+        self.body = reply.body
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        if reply.stream is None:
+            self.raw_headers.append((b"content-length", str(len(reply.body)).encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reply = self.reply
+        stream = reply.stream
+        start = {"type": "http.response.start", "status": reply.status, "headers": self.raw_headers}
+        if stream is None:
+            await send(start)
+            await send({"type": "http.response.body", "body": reply.body})
+            return
+        try:
+            await send(start)
+            # The first chunk flushes the headers at once, even when it is empty.
+            await send({"type": "http.response.body", "body": reply.body, "more_body": True})
+        except BaseException:
+            stream.discard()
+            raise
+
+        async def send_bytes(data: bytes) -> None:
+            try:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            except OSError as exc:  # the server's way of saying the peer is gone
+                raise Disconnected from exc
+
+        async def wait_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        await serve(stream, send_bytes, wait_disconnect)
+        try:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
+
+
+def _add_vary(response: Response) -> None:
+    vary = response.headers.get("vary", "")
+    if "accept" not in vary.lower():
+        response.headers["vary"] = f"{vary}, Accept" if vary else "Accept"
+
+
+def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
+    """Decorate a Starlette endpoint or a FastAPI path operation so that it serves watches.
+
+    ``key`` is the name of the path parameter holding the object's key on an object route.
+    The decorated function runs only for plain GETs; its responses get ``Vary: Accept``.
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        params = list(signature.parameters.values())
+        has_request = any(p.annotation is Request for p in params)
+        added = [
+            inspect.Parameter(_RESPONSE_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Response)
+        ]
+        if not has_request:
+            added.insert(
+                0,
+                inspect.Parameter(
+                    _REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request
+                ),
+            )
+        positional = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+
+        @functools.wraps(func)
+        async def endpoint(*args: Any, **kwargs: Any) -> Any:
+            temporal = kwargs.pop(_RESPONSE_PARAM, None)
+            request = kwargs.pop(_REQUEST_PARAM, None)
+            if request is None:
+                request = next(
+                    (a for a in (*args, *kwargs.values()) if isinstance(a, Request)), None
+                )
+            if request is None:  # pragma: no cover - a misconfigured route
+                raise TypeError("watchable endpoint called without a Request")
+            reply = await resource.hub.answer_watch(resource.name, request_info(request, key))
+            if reply is not None:
+                return ReplyResponse(reply)
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if isinstance(result, Response):
+                _add_vary(result)
+            elif isinstance(temporal, Response):
+                _add_vary(temporal)
+            return result
+
+        endpoint.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*positional, *added, *var_kw]
+        )
+        return endpoint  # type: ignore[return-value]
+
+    return decorate
+
+
+def watch_endpoint(
+    resource: Resource, *, key: str | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """A complete endpoint: the library's list (or object) body, or a watch."""
+
+    async def endpoint(request: Request) -> Response:
+        info = request_info(request, key)
+        return ReplyResponse(await resource.hub.answer(resource.name, info))
+
+    return endpoint
+
+
+def list_response(resource: Resource, request: Request, *, key: str | None = None) -> Response:
+    """The library's plain-GET answer: the Kubernetes-style list, or the object of ``key``."""
+    return ReplyResponse(resource.hub.answer_list(resource.name, request_info(request, key)))
+
+
+def error_response(exc: ClientError) -> Response:
+    """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
+    return ReplyResponse(error_reply(exc, Mode.LIST, retry_ms=0))

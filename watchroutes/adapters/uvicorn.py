@@ -1,0 +1,62 @@
+"""Graceful shutdown under uvicorn (DESIGN 5.6).
+
+uvicorn sends the ASGI lifespan shutdown only after every connection has closed, so a hub
+closed from the lifespan would wait for watch streams that never end. This ``Server`` ends
+the hubs' streams (final bookmark, then the end; clients resume elsewhere) as soon as the exit
+signal arrives, before uvicorn starts waiting for connections::
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=8000)
+    Server(config, hubs=[hub]).run()
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterable
+
+try:
+    import uvicorn
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "watchroutes.adapters.uvicorn needs uvicorn: pip install 'watchroutes[server]'"
+    ) from exc
+
+from .._runtime.hub import Hub
+
+__all__ = ["Server"]
+
+
+class Server(uvicorn.Server):
+    """A ``uvicorn.Server`` that shuts its hubs down first, and can announce readiness."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, hubs: Iterable[Hub], announce: bool = False
+    ) -> None:
+        super().__init__(config)
+        self.hubs = list(hubs)
+        self.announce = announce
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the first listening socket (the real port for port 0)."""
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                if sock.family == socket.AF_INET6:
+                    host = f"[{host}]"
+                return f"http://{host}:{port}"
+        return f"http://{self.config.host}:{self.config.port}"
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        for hub in self.hubs:
+            hub.bind()
+        await super().startup(sockets)
+        if self.started and self.announce:
+            print(f"ready {self.url}", flush=True)
+            sys.stdout.flush()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for hub in self.hubs:
+            await hub.aclose()
+        await super().shutdown(sockets)

@@ -1,0 +1,23 @@
+"""Test support: an in-memory client for endless streams, a fake clock, an SSE parser.
+
+The pytest plugin (``watchroutes.testing.plugin``, registered automatically) provides the
+``fake_clock`` and ``watch_hub`` fixtures.
+"""
+
+from __future__ import annotations
+
+from ._client import StreamResponse as StreamResponse
+from ._client import TestResponse as TestResponse
+from ._client import WatchClient as WatchClient
+from ._clock import FakeClock as FakeClock
+from ._sse import SSEMessage as SSEMessage
+from ._sse import SSEParser as SSEParser
+
+__all__ = (
+    "FakeClock",
+    "SSEMessage",
+    "SSEParser",
+    "StreamResponse",
+    "TestResponse",
+    "WatchClient",
+)
