@@ -30,8 +30,6 @@ def _digest() -> str:
 
 
 def setup(force: bool = False) -> None:
-    if sys.version_info < (3, 11):
-        sys.exit("watchroutes needs Python 3.11 or newer")
     if not force and STAMP.exists() and STAMP.read_text() == _digest():
         return
     if not PYTHON.exists():

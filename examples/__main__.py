@@ -41,9 +41,11 @@ def parse(argv: list[str]) -> tuple[str, Settings]:
 def main(argv: list[str]) -> None:
     framework, settings = parse(argv)
     import uvicorn
+    from starlette.applications import Starlette
 
     from watchroutes.adapters.uvicorn import Server
 
+    app: Starlette
     if framework == "fastapi":
         from .fastapi_app import create_app as create_fastapi
 

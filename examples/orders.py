@@ -98,7 +98,12 @@ def metrics_text(hub: Hub) -> bytes:
             "Events published to the hub.",
             stats.events_published,
         ),
-        ("watchroutes_cached_objects", "gauge", "Objects in the watch cache.", stats.cached_objects),
+        (
+            "watchroutes_cached_objects",
+            "gauge",
+            "Objects in the watch cache.",
+            stats.cached_objects,
+        ),
         (
             "watchroutes_events_evicted_young_total",
             "counter",

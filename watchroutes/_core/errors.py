@@ -93,7 +93,9 @@ class ClientError(WatchError):
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.retry_after = retry_after if retry_after is not None else (1 if self.retryable else None)
+        self.retry_after = (
+            retry_after if retry_after is not None else (1 if self.retryable else None)
+        )
 
     def status(self) -> Status:
         details = None

@@ -31,7 +31,7 @@ __all__ = [
 INITIAL_EVENTS_END: Final = "k8s.io/initial-events-end"
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     ADDED = "ADDED"
     MODIFIED = "MODIFIED"
     DELETED = "DELETED"

@@ -139,13 +139,13 @@ def parse_request(
 
     rv: int | None = None
     rv_from = "resourceVersion"
-    for source, value in (
+    for source, given in (
         ("Last-Event-ID", last_event_id if mode is Mode.SSE else None),
         ("lastEventId", params.get("lastEventId")),
         ("resourceVersion", params.get("resourceVersion")),
     ):
-        if value is not None and value.strip():  # an empty value is an unset one
-            rv = parse_resource_version(value.strip(), source)
+        if given is not None and given.strip():  # an empty value is an unset one
+            rv = parse_resource_version(given.strip(), source)
             rv_from = source
             break
 

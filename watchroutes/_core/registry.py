@@ -35,7 +35,7 @@ __all__ = [
 DEFAULT_BUFFER_SIZE: Final = 1000
 
 
-class CloseReason(str, enum.Enum):
+class CloseReason(enum.StrEnum):
     CLIENT = "client"  # the peer went away
     TIMEOUT = "timeout"  # timeoutSeconds or the server's maximum watch duration
     SLOW = "slow"  # past its buffer (disconnect policy)

@@ -161,9 +161,8 @@ class WatchSession:
         if self.phase is Phase.CLOSED:
             return b""
         out: list[bytes] = []
-        if self.phase is Phase.INITIAL:
-            if self._prelude_step(out, now):
-                return self._flush(out, now)
+        if self.phase is Phase.INITIAL and self._prelude_step(out, now):
+            return self._flush(out, now)
         sub = self.subscription
         reason = sub.closed
         sent = self.sent_rv

@@ -9,6 +9,7 @@ loop, calls run directly under the hub's lock.
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import random
 import threading
@@ -193,9 +194,7 @@ class Hub:
         if not name or "/" in name:
             raise UsageError("a resource name is a non-empty string without '/'")
         with self._lock:
-            self.state.add_resource(
-                name, max_events=retention_events, max_age=retention_seconds
-            )
+            self.state.add_resource(name, max_events=retention_events, max_age=retention_seconds)
             kind = kind or (name[:-1] if name.endswith("s") else name).capitalize()
             res = Resource(
                 self, name, kind=kind, api_version=api_version, snapshot=snapshot, cache=cache
@@ -402,7 +401,7 @@ class Hub:
         except ClientError as exc:
             return error_reply(exc, Mode.LIST, retry_ms=self.retry_ms)
 
-    def _list_checked(self, res: Resource, parsed: WatchRequest) -> tuple[int, list[Any]]:
+    def _list_checked(self, res: Resource, parsed: WatchRequest) -> tuple[int, builtins.list[Any]]:
         rv = parsed.resource_version
         if rv and rv > self.head:  # "at least rv": this log is the truth, so rv never existed
             raise Expired(f"resource version {rv} is newer than this log's head ({self.head})")
@@ -414,7 +413,7 @@ class Hub:
             limit = min(limit, float(timeout_seconds))
         return self.clock.now() + limit
 
-    async def snapshot_frames(self, res: Resource, parsed: WatchRequest) -> list[Frame]:
+    async def snapshot_frames(self, res: Resource, parsed: WatchRequest) -> builtins.list[Frame]:
         """Initial frames from the application's snapshot callback (no id, no rv)."""
         assert res.snapshot is not None
         result = res.snapshot()

@@ -36,6 +36,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.starlette needs Starlette: pip install 'watchroutes[starlette]'"
     ) from exc
 
+import contextlib
+
 from .._core.errors import ClientError
 from .._core.params import Mode
 from .._runtime.hub import RequestInfo, Resource
@@ -107,10 +109,8 @@ class ReplyResponse(Response):
                 pass
 
         await serve(stream, send_bytes, wait_disconnect)
-        try:
+        with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass
 
 
 def _add_vary(response: Response) -> None:
