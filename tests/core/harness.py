@@ -104,6 +104,8 @@ class Watcher:
             out += data
             if self.session.closed or not self.session.ready:
                 break
+        deadline = self.session.deadline()
+        assert deadline is None or deadline > self.core.now, "the runtime would spin"
         self.raw += out
         return self.decode(bytes(out))
 

@@ -142,7 +142,11 @@ class WatchSession:
         return len(sub) > 0 or sub.closed is not None
 
     def deadline(self) -> float | None:
-        """When ``step`` must run again even if nothing is published (``None``: never)."""
+        """When ``step`` must run again even if nothing is published (``None``: never).
+
+        After a ``step(now)`` that left the session live and not ``ready``, this is always
+        later than ``now``, so the runtime never spins.
+        """
         self._check()
         if self.phase is not Phase.LIVE:
             return None
@@ -178,13 +182,15 @@ class WatchSession:
                 out.append(self.wire.bookmark(head))
             self._finish(reason or CloseReason.TIMEOUT)
             return self._flush(out, now)
-        if now - self._last_bookmark >= self.heartbeat and (sent is None or head > sent):
-            mark = self.wire.bookmark(head)
-            self._last_bookmark = now
-            if mark:
-                out.append(mark)
-                self.sent_rv = head
+        if now - self._last_bookmark >= self.heartbeat:
+            self._last_bookmark = now  # checked now; the next check is an interval away
+            if sent is None or head > sent:
+                mark = self.wire.bookmark(head)
+                if mark:
+                    out.append(mark)
+                    self.sent_rv = head
         if not out and now - self._last_write >= self.heartbeat:
+            self._last_write = now  # a format with no heartbeat must not be asked again now
             beat = self.wire.heartbeat(head if sent is None else max(head, sent))
             if beat:
                 out.append(beat)

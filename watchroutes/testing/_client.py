@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 import anyio
@@ -23,6 +24,7 @@ from ._sse import SSEMessage, SSEParser
 
 __all__ = ["StreamResponse", "TestResponse", "WatchClient"]
 
+T = TypeVar("T")
 ASGIApp = Any  # Callable[[Scope, Receive, Send], Awaitable[None]]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
 
@@ -41,76 +43,102 @@ class TestResponse:
         return json.loads(self.body)
 
 
+class _Items(Generic[T]):
+    """An async iterator over ``next_item()`` results until it returns ``None``.
+
+    A class rather than an async generator: leaving a loop early needs no ``aclosing``.
+    """
+
+    def __init__(self, next_item: Callable[[], Awaitable[T | None]], limit: int | None) -> None:
+        self._next = next_item
+        self._left = limit
+
+    def __aiter__(self) -> _Items[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._left is not None:
+            if self._left <= 0:
+                raise StopAsyncIteration
+            self._left -= 1
+        item = await self._next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
 @dataclass
 class StreamResponse:
-    """A response whose body is read chunk by chunk while the app writes it."""
+    """A response whose body is read piece by piece while the app writes it.
+
+    Read it as raw chunks, SSE blocks, JSON lines, or decoded envelopes (whatever the format);
+    each reader consumes from the same body.
+    """
 
     status: int
     headers: dict[str, str]
     _chunks: ObjectReceiveStream[bytes]
     _disconnect: anyio.Event
-    _buffer: bytes = b""
     _parser: SSEParser = field(default_factory=SSEParser)
+    _messages: deque[SSEMessage] = field(default_factory=deque)
+    _lines: deque[bytes] = field(default_factory=deque)
+    _partial: bytes = b""
     ended: bool = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Body chunks exactly as the app sent them, until the body ends."""
-        if self._buffer:
-            data, self._buffer = self._buffer, b""
-            yield data
-        async for chunk in self._chunks:
-            yield chunk
-        self.ended = True
+    async def next_chunk(self) -> bytes | None:
+        """The next body chunk exactly as the app sent it; ``None`` once the body ended."""
+        try:
+            return await self._chunks.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self.ended = True
+            return None
+
+    async def next_sse(self) -> SSEMessage | None:
+        """The next SSE block (events, id-only bookmarks, comments, ``retry``)."""
+        while not self._messages:
+            chunk = await self.next_chunk()
+            if chunk is None:
+                return None
+            self._messages.extend(self._parser.feed(chunk))
+        return self._messages.popleft()
+
+    async def next_line(self) -> Any:
+        """The next ``\\n``-terminated JSON line, decoded; ``None`` once the body ended."""
+        while not self._lines:
+            chunk = await self.next_chunk()
+            if chunk is None:
+                return None
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            self._lines.extend(lines)
+        return json.loads(self._lines.popleft())
+
+    async def next_event(self) -> Any:
+        """The next envelope: an SSE block with data, or a JSON line; ``None`` at the end."""
+        if not self.headers.get("content-type", "").startswith("text/event-stream"):
+            return await self.next_line()
+        while (message := await self.next_sse()) is not None:
+            if message.data is not None:
+                return json.loads(message.data)
+        return None
+
+    def chunks(self, limit: int | None = None) -> _Items[bytes]:
+        return _Items(self.next_chunk, limit)
+
+    def sse(self, limit: int | None = None) -> _Items[SSEMessage]:
+        return _Items(self.next_sse, limit)
+
+    def json_lines(self, limit: int | None = None) -> _Items[Any]:
+        return _Items(self.next_line, limit)
+
+    def events(self, limit: int | None = None) -> _Items[Any]:
+        return _Items(self.next_event, limit)
 
     async def read(self) -> bytes:
-        """Everything until the app ends the body (for streams that end)."""
+        """Everything until the app ends the body (for responses that end)."""
         return b"".join([chunk async for chunk in self.chunks()])
 
-    async def sse(self, limit: int | None = None) -> AsyncIterator[SSEMessage]:
-        """Every SSE block (events, id-only bookmarks, comments, retry), parsed per WHATWG."""
-        count = 0
-        if limit == 0:
-            return
-        async for chunk in self.chunks():
-            for message in self._parser.feed(chunk):
-                yield message
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-
-    async def json_lines(self, limit: int | None = None) -> AsyncIterator[Any]:
-        """Each ``\\n``-terminated JSON line (a watch envelope), decoded."""
-        count = 0
-        pending = b""
-        if limit == 0:
-            return
-        async for chunk in self.chunks():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield json.loads(line)
-                count += 1
-                if limit is not None and count >= limit:
-                    self._buffer = pending
-                    return
-
-    async def events(self, limit: int | None = None) -> AsyncIterator[Any]:
-        """Envelopes, whatever the format: SSE data blocks or JSON lines, decoded."""
-        if self.headers.get("content-type", "").startswith("text/event-stream"):
-            count = 0
-            async for message in self.sse():
-                if message.data is None:
-                    continue
-                yield json.loads(message.data)
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-        else:
-            async for item in self.json_lines(limit):
-                yield item
-
     async def take(self, n: int) -> list[Any]:
-        """The next ``n`` envelopes (waits for them)."""
+        """The next ``n`` envelopes (waits for them; fewer if the body ends)."""
         return [e async for e in self.events(n)]
 
     def disconnect(self) -> None:
@@ -218,6 +246,7 @@ class WatchClient:
                 disconnect.set()
                 with anyio.move_on_after(5):
                     await _drain(recv_chunk)
+                recv_chunk.close()
                 tg.cancel_scope.cancel()
 
     async def request(

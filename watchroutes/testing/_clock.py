@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["FakeClock"]
 
@@ -31,6 +32,7 @@ class FakeClock:
     async def wait(self, event: anyio.Event, deadline: float | None) -> None:
         if deadline is not None:
             if deadline <= self._now:
+                await anyio.lowlevel.checkpoint()
                 return
             self._waiters.append((deadline, event))
         await event.wait()
