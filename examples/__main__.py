@@ -63,7 +63,10 @@ def main(argv: list[str]) -> None:
         lifespan="off",
         timeout_graceful_shutdown=8,
     )
-    Server(config, hubs=[app.state.hub], announce=True).run()
+    try:
+        Server(config, hubs=[app.state.hub], announce=True).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after a clean shutdown
+        pass
 
 
 if __name__ == "__main__":
