@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -63,10 +64,9 @@ def main(argv: list[str]) -> None:
         lifespan="off",
         timeout_graceful_shutdown=8,
     )
-    try:
+    # uvicorn re-raises the captured SIGINT after its clean shutdown, as KeyboardInterrupt.
+    with contextlib.suppress(KeyboardInterrupt):
         Server(config, hubs=[app.state.hub], announce=True).run()
-    except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after a clean shutdown
-        pass
 
 
 if __name__ == "__main__":

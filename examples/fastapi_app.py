@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/orders/{name}")
     @watchable(orders, key="name")
     async def get_order(name: str, request: Request) -> Response:
-        return list_response(orders, request, key=name)
+        return list_response(orders, request, key="name")
 
     @app.put("/orders/{name}")
     async def replace_order(name: str, request: Request) -> Any:

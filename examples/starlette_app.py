@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @watchable(orders, key="name")
     async def get_order(request: Request) -> Response:
-        return list_response(orders, request, key=request.path_params["name"])
+        return list_response(orders, request, key="name")
 
     async def create_order(request: Request) -> Response:
         body = decode_body(await request.body(), request.headers.get("content-type"))

@@ -40,6 +40,9 @@ class Reply:
     headers: list[tuple[str, str]]
     body: bytes = b""
     stream: WatchStream | None = None
+    #: A complete body sent as a stream (chunked, no ``Content-Length``): a watch that ends
+    #: at once, such as an ERROR event, is framed like any other watch.
+    chunked: bool = False
 
 
 def json_reply(status: int, body: Any, *extra: tuple[str, str]) -> Reply:
@@ -56,6 +59,6 @@ def error_reply(exc: ClientError, mode: Mode, *, retry_ms: int) -> Reply:
     if mode is Mode.SSE and exc.retryable:
         wait = retry_ms if exc.retry_after is None else exc.retry_after * 1000
         body = sse.retry_block(wait) + b"data: " + status_envelope(status) + b"\n\n"
-        return Reply(200, list(SSE_HEADERS), body)
+        return Reply(200, list(SSE_HEADERS), body, chunked=True)
     extra = () if exc.retry_after is None else (("retry-after", str(exc.retry_after)),)
     return json_reply(exc.code, status, *extra)

@@ -154,7 +154,7 @@ async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
         if parsed.mode is not Mode.JSONLINES:
             raise
         # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
-        return Reply(200, headers, wire.error(exc.status()))
+        return Reply(200, headers, wire.error(exc.status()), chunked=True)
     sub = opening.subscription
     initial = opening.initial
     if opening.needs_snapshot:

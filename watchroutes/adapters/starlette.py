@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -79,7 +80,7 @@ class ReplyResponse(Response):
         self.background = None
         self.body = reply.body
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-        if reply.stream is None:
+        if reply.stream is None and not reply.chunked:
             self.raw_headers.append((b"content-length", str(len(reply.body)).encode()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +89,11 @@ class ReplyResponse(Response):
         start = {"type": "http.response.start", "status": reply.status, "headers": self.raw_headers}
         if stream is None:
             await send(start)
-            await send({"type": "http.response.body", "body": reply.body})
+            if reply.chunked:  # no Content-Length: the server frames it as a stream
+                await send({"type": "http.response.body", "body": reply.body, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "http.response.body", "body": reply.body})
             return
         try:
             await send(start)
@@ -128,8 +133,12 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func)
+        try:  # resolve string annotations (``from __future__ import annotations``)
+            hints = typing.get_type_hints(func)
+        except Exception:  # unresolvable forward references: look at the raw annotations
+            hints = {}
         params = list(signature.parameters.values())
-        has_request = any(p.annotation is Request for p in params)
+        has_request = any(hints.get(p.name, p.annotation) in (Request, "Request") for p in params)
         added = [
             inspect.Parameter(_RESPONSE_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Response)
         ]
@@ -186,7 +195,8 @@ def watch_endpoint(
 
 
 def list_response(resource: Resource, request: Request, *, key: str | None = None) -> Response:
-    """The library's plain-GET answer: the Kubernetes-style list, or the object of ``key``."""
+    """The library's plain-GET answer: the Kubernetes-style list or, on an object route whose
+    path parameter ``key`` names the object, that object (404 when missing)."""
     return ReplyResponse(resource.hub.answer_list(resource.name, request_info(request, key)))
 
 
