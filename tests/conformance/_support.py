@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from watchroutes.testing import SSEMessage, SSEParser
+from watchroutes.testing.httpx import StreamingASGITransport
 
 __all__ = [
     "EXIT_TIMEOUT",
@@ -47,7 +48,9 @@ __all__ = [
     "xfail_if",
 ]
 
-FRAMEWORKS: Final = ("starlette", "fastapi")
+#: Each example app on a real uvicorn, and in memory through
+#: ``watchroutes.testing.httpx.StreamingASGITransport`` (the same scenarios, no sockets).
+FRAMEWORKS: Final = ("starlette", "fastapi", "starlette-memory", "fastapi-memory")
 READY_TIMEOUT: Final = 20.0
 EXIT_TIMEOUT: Final = 10.0
 #: Any single read from a server; a stream that stays silent longer is a failure.
@@ -289,8 +292,17 @@ class Server:
         self.client = httpx.Client(base_url=base_url, timeout=READ_TIMEOUT, trust_env=False)
         self.returncode: int | None = None
 
+    in_memory: bool = False
+
+    def needs_process(self) -> None:
+        """Skip the running test when it needs a real server process and sockets."""
+        if self.in_memory:
+            pytest.skip("needs a real server process")
+
     @classmethod
     def start(cls, framework: str, *args: str) -> Server:
+        if framework.endswith("-memory"):
+            return MemoryServer.start_memory(framework.removesuffix("-memory"), *args)
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         command = [
             sys.executable,
@@ -442,6 +454,54 @@ class Server:
             assert response.status_code == 200, response.read()
             assert response.headers["content-type"] == "application/json"
             yield LineStream(response)
+
+
+class MemoryServer(Server):
+    """The same app built in this process and driven through the streaming ASGI transport.
+
+    ``signal_stop`` starts the hub's shutdown as the server's exit signal would.
+    """
+
+    in_memory = True
+
+    def __init__(self, framework: str, app: Any, args: tuple[str, ...]) -> None:
+        self.framework = framework
+        self.args = args
+        self.app = app
+        self.base_url = "http://testserver"
+        self.transport = StreamingASGITransport(app)
+        self.client = httpx.Client(
+            transport=self.transport, base_url=self.base_url, timeout=READ_TIMEOUT
+        )
+        self.returncode = None
+        self._closing = False
+
+    @classmethod
+    def start_memory(cls, framework: str, *args: str) -> MemoryServer:
+        from examples.__main__ import parse
+
+        name, settings = parse([framework, *args])
+        if name == "fastapi":
+            from examples.fastapi_app import create_app as create_fastapi
+
+            return cls(framework, create_fastapi(settings), args)
+        from examples.starlette_app import create_app
+
+        return cls(framework, create_app(settings), args)
+
+    def signal_stop(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.transport.portal.start_task_soon(self.app.state.hub.aclose)
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        self.returncode = 0
+        return 0
+
+    def stop(self) -> str:
+        self.transport.portal.call(self.app.state.hub.aclose)
+        self.client.close()  # closes the transport and its event loop
+        return ""
 
 
 def _wait_ready(process: subprocess.Popen[bytes], timeout: float) -> str:

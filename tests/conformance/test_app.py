@@ -182,7 +182,7 @@ def test_sigterm_ends_open_watches_and_the_process_exits(fast_server: Server) ->
         stream.until(lambda b: b.id == str(start))
         moved = rv_of(server.create("us-1", "us"))  # filtered out: moves the head
         began = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
+        server.signal_stop()
         # The server ends both streams (neither has a timeout): reading returns the end.
         sse_rest = stream.rest(timeout=10)
         line_rest = lines.rest(timeout=10)
@@ -207,5 +207,6 @@ def test_sigterm_with_an_idle_sse_watch(server: Server) -> None:
         stream.rest(timeout=10)
         assert stream.ended
     assert server.wait_exit(10 - (time.monotonic() - began)) in (0, -signal.SIGTERM)
+    server.needs_process()
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.base_url + "/orders", timeout=2, trust_env=False)

@@ -22,6 +22,7 @@ DEADLINE = 30.0
 
 def test_official_client_resumes_across_server_timeouts(fast_server: Server) -> None:
     server = fast_server
+    server.needs_process()
     first = server.create("k-0")
     pool = urllib3.PoolManager()
     requests: list[tuple[str | None, str | None]] = []  # (rv asked, last rv yielded)
