@@ -4,6 +4,7 @@ other threads publish; nothing published in between is lost or repeated."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -38,13 +39,14 @@ async def test_list_then_watch_under_concurrent_publishers() -> None:
             stored = orders.publish("MODIFIED" if i >= 10 else "ADDED", obj)
             with lock:
                 published.append(int(stored["metadata"]["resourceVersion"]))
+            time.sleep(0.0005)  # spread the publishes over the list and the watch
 
     threads = [threading.Thread(target=publisher, args=(n,)) for n in range(PUBLISHERS)]
     for t in threads:
         t.start()
     go.set()
     while len(published) < PUBLISHERS * PER_PUBLISHER // 3:  # land the list mid-stream
-        await anyio.sleep(0)
+        await anyio.sleep(0.001)  # noqa: ASYNC110 - threads publish; nothing to wait on
     listed = (await client.get("/orders")).json()
     rv = int(listed["metadata"]["resourceVersion"])
     state: dict[str, Any] = {o["metadata"]["name"]: o for o in listed["items"]}
@@ -52,20 +54,20 @@ async def test_list_then_watch_under_concurrent_publishers() -> None:
     async with client.stream(
         "GET", "/orders", params={"watch": "1", "resourceVersion": str(rv)}
     ) as response:
-        while True:
-            with lock:
-                done = not any(t.is_alive() for t in threads) and len(published) == len(seen) + sum(
-                    1 for p in published if p <= rv
-                )
-            if done:
-                break
-            with anyio.fail_after(10):
+
+        async def read(count: int) -> None:
+            while len(seen) < count:
                 event = await response.next_event()
-            assert event is not None
-            seen.append(int(event["resourceVersion"]))
-            state[event["object"]["metadata"]["name"]] = event["object"]
-    for t in threads:
-        t.join()
+                assert event is not None
+                seen.append(int(event["resourceVersion"]))
+                state[event["object"]["metadata"]["name"]] = event["object"]
+
+        for t in threads:
+            while t.is_alive():
+                with anyio.move_on_after(0.01):
+                    await read(len(seen) + 1)
+        with anyio.fail_after(10):
+            await read(sum(1 for p in published if p > rv))
     assert seen == sorted(p for p in published if p > rv)  # every later event, once, in order
     assert 0 < len(seen) < len(published)  # the list really landed in the middle
     _, items = orders.list()

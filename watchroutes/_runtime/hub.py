@@ -221,10 +221,13 @@ class Hub:
         token = self._token
         if token is not None and threading.get_ident() != self._loop_thread:
             try:
-                return anyio.from_thread.run_sync(func, *args, token=token)
+                return anyio.from_thread.run_sync(self._locked, func, *args, token=token)
             except anyio.RunFinishedError:
                 self._token = self._loop_thread = None
-        with self._lock:
+        return self._locked(func, *args)
+
+    def _locked(self, func: Callable[..., T], *args: Any) -> T:
+        with self._lock:  # readers in other threads (get, list, statistics) take it too
             return func(*args)
 
     def _resource(self, name: str) -> Resource:
