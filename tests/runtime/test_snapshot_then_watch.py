@@ -45,8 +45,8 @@ async def test_list_then_watch_under_concurrent_publishers() -> None:
     for t in threads:
         t.start()
     go.set()
-    while len(published) < PUBLISHERS * PER_PUBLISHER // 3:  # land the list mid-stream
-        await anyio.sleep(0.001)  # noqa: ASYNC110 - threads publish; nothing to wait on
+    while len(published) < PUBLISHERS * PER_PUBLISHER // 3:  # noqa: ASYNC110 - land the
+        await anyio.sleep(0.001)  # list mid-stream; the threads publish, nothing to wait on
     listed = (await client.get("/orders")).json()
     rv = int(listed["metadata"]["resourceVersion"])
     state: dict[str, Any] = {o["metadata"]["name"]: o for o in listed["items"]}
