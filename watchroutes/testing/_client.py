@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import anyio
 from anyio.abc import ObjectReceiveStream
 
+from ._asgi import Exchange, http_scope
 from ._sse import SSEMessage, SSEParser
 
 __all__ = ["StreamResponse", "TestResponse", "WatchClient"]
@@ -164,21 +165,7 @@ class WatchClient:
             query = f"{query}&{extra}" if query else extra
         raw_headers = [(b"host", self.host.encode())]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": method.upper(),
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "root_path": "",
-            "headers": raw_headers,
-            "client": ("127.0.0.1", 50000),
-            "server": (self.host, 80),
-            "state": {},
-        }
+        return http_scope(method, path, query.encode(), raw_headers, server=(self.host, 80))
 
     @asynccontextmanager
     async def stream(
@@ -196,44 +183,16 @@ class WatchClient:
             body = json.dumps(json_body).encode()
             headers = {"content-type": "application/json", **(headers or {})}
         scope = self._scope(method, path, params, headers)
-        disconnect = anyio.Event()
-        send_chunk, recv_chunk = anyio.create_memory_object_stream[bytes](math.inf)
-        started = anyio.Event()
-        start: dict[str, Any] = {}
-        request_sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal request_sent
-            if not request_sent:
-                request_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await disconnect.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                started.set()
-            elif message["type"] == "http.response.body":
-                if disconnect.is_set():
-                    raise OSError("the test client disconnected")
-                if message.get("body"):
-                    send_chunk.send_nowait(message["body"])
-                if not message.get("more_body", False):
-                    send_chunk.close()
-
-        async def run_app() -> None:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                send_chunk.close()
-                started.set()
-
+        sink = _StreamSink()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(run_app)
-            await started.wait()
-            if not start:
+            exchange = Exchange(body, sink)
+            tg.start_soon(exchange.run, self.app, scope)
+            await sink.started.wait()
+            if not sink.head:
                 raise RuntimeError("the app returned without starting a response")
+            start = sink.head
+            recv_chunk = sink.receiver
+            disconnect = exchange.disconnect
             response = StreamResponse(
                 status=start["status"],
                 headers={k.decode().lower(): v.decode() for k, v in start.get("headers", [])},
@@ -292,6 +251,26 @@ class WatchClient:
         """Open a watch, read ``n`` envelopes, disconnect, return them."""
         async with self.stream("GET", path, params=params, headers=headers) as response:
             return await response.take(n)
+
+
+class _StreamSink:
+    """Chunks into a memory stream for :class:`StreamResponse`."""
+
+    def __init__(self) -> None:
+        self.sender, self.receiver = anyio.create_memory_object_stream[bytes](math.inf)
+        self.started = anyio.Event()
+        self.head: dict[str, Any] = {}
+
+    def start(self, message: dict[str, Any]) -> None:
+        self.head = message
+        self.started.set()
+
+    def chunk(self, data: bytes) -> None:
+        self.sender.send_nowait(data)
+
+    def end(self) -> None:
+        self.sender.close()
+        self.started.set()
 
 
 async def _drain(stream: ObjectReceiveStream[bytes]) -> None:

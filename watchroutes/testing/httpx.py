@@ -20,12 +20,16 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.from_thread
+from anyio.from_thread import BlockingPortal
 
 try:
     import httpx
 except ImportError as exc:  # pragma: no cover - exercised without httpx
     raise ImportError("watchroutes.testing.httpx needs httpx: pip install httpx") from exc
+
+from ._asgi import Exchange, http_scope
 
 __all__ = ["AsyncStreamingASGITransport", "StreamingASGITransport"]
 
@@ -36,100 +40,60 @@ START_TIMEOUT = 10.0
 
 def _scope(request: httpx.Request) -> dict[str, Any]:
     url = request.url
-    host = url.host
     port = url.port or (443 if url.scheme == "https" else 80)
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": request.method,
-        "scheme": url.scheme,
-        "path": url.path,
-        "raw_path": url.raw_path.split(b"?")[0],
-        "query_string": url.query,
-        "root_path": "",
-        "headers": [(k.lower(), v) for k, v in request.headers.raw],
-        "client": ("127.0.0.1", 50000),
-        "server": (host, port),
-        "state": {},
-    }
+    return http_scope(
+        request.method,
+        url.path,
+        url.query,
+        [(k.lower(), v) for k, v in request.headers.raw],
+        scheme=url.scheme,
+        server=(url.host, port),
+    )
 
 
-class _Exchange:
-    """One request/response between a client thread and the app running in the portal."""
+class _QueueSink:
+    """Chunks into a thread-safe queue, for a client in another thread."""
 
-    def __init__(self, app: Any, request: httpx.Request, body: bytes) -> None:
-        self.app = app
-        self.scope = _scope(request)
-        self.body = body
+    def __init__(self) -> None:
         self.chunks: queue.Queue[object] = queue.Queue()
         self.started = threading.Event()
-        self.start: dict[str, Any] = {}
-        self.disconnect: anyio.Event | None = None
         self.finished = threading.Event()
-        self.error: BaseException | None = None
+        self.head: dict[str, Any] = {}
 
-    async def run(self) -> None:
-        self.disconnect = anyio.Event()
-        disconnect = self.disconnect
-        sent_request = False
+    def start(self, message: dict[str, Any]) -> None:
+        self.head = message
+        self.started.set()
 
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_request
-            if not sent_request:
-                sent_request = True
-                return {"type": "http.request", "body": self.body, "more_body": False}
-            await disconnect.wait()
-            return {"type": "http.disconnect"}
+    def chunk(self, data: bytes) -> None:
+        self.chunks.put(data)
 
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                self.start = message
-                self.started.set()
-            elif message["type"] == "http.response.body":
-                if disconnect.is_set():
-                    raise OSError("the client disconnected")
-                if message.get("body"):
-                    self.chunks.put(bytes(message["body"]))
-                if not message.get("more_body", False):
-                    self.chunks.put(_END)
-
-        try:
-            await self.app(self.scope, receive, send)
-        except BaseException as exc:
-            self.error = exc
-            raise
-        finally:
-            self.chunks.put(_END)
-            self.started.set()
-            self.finished.set()
-
-    def response(self, stream: Any) -> httpx.Response:
-        if not self.started.wait(START_TIMEOUT):
-            raise TimeoutError("the app did not start a response")
-        if not self.start:
-            raise RuntimeError("the app returned without a response") from self.error
-        return httpx.Response(
-            self.start["status"], headers=list(self.start.get("headers", [])), stream=stream
-        )
+    def end(self) -> None:
+        self.chunks.put(_END)
+        self.started.set()
 
 
 class _SyncBody(httpx.SyncByteStream):
-    def __init__(self, exchange: _Exchange, portal: anyio.from_thread.BlockingPortal) -> None:
+    def __init__(self, sink: _QueueSink, exchange: Exchange, portal: BlockingPortal) -> None:
+        self.sink = sink
         self.exchange = exchange
         self.portal = portal
 
     def __iter__(self) -> Iterator[bytes]:
-        while (chunk := self.exchange.chunks.get()) is not _END:
+        while (chunk := self.sink.chunks.get()) is not _END:
             assert isinstance(chunk, bytes)
             yield chunk
 
     def close(self) -> None:
-        exchange = self.exchange
-        if exchange.disconnect is not None and not exchange.finished.is_set():
+        if not self.sink.finished.is_set():
             with contextlib.suppress(anyio.RunFinishedError, RuntimeError):
-                self.portal.call(exchange.disconnect.set)
-        exchange.finished.wait(START_TIMEOUT)
+                self.portal.call(self.exchange.disconnect.set)
+        self.sink.finished.wait(START_TIMEOUT)
+
+
+def _response(head: dict[str, Any], stream: Any) -> httpx.Response:
+    if not head:
+        raise RuntimeError("the app returned without a response")
+    return httpx.Response(head["status"], headers=list(head.get("headers", [])), stream=stream)
 
 
 class StreamingASGITransport(httpx.BaseTransport):
@@ -141,26 +105,60 @@ class StreamingASGITransport(httpx.BaseTransport):
         self.portal = self._portal_cm.__enter__()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        exchange = _Exchange(self.app, request, request.read())
-        self.portal.start_task_soon(exchange.run)
-        return exchange.response(_SyncBody(exchange, self.portal))
+        sink = _QueueSink()
+        scope = _scope(request)
+        body = request.read()
+
+        async def make() -> Exchange:
+            return Exchange(body, sink)
+
+        exchange = self.portal.call(make)
+
+        async def run() -> None:
+            try:
+                await exchange.run(self.app, scope)
+            finally:
+                sink.finished.set()
+
+        self.portal.start_task_soon(run)
+        if not sink.started.wait(START_TIMEOUT):
+            raise TimeoutError("the app did not start a response")
+        return _response(sink.head, _SyncBody(sink, exchange, self.portal))
 
     def close(self) -> None:
         self._portal_cm.__exit__(None, None, None)
 
 
 class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(self, chunks: anyio.abc.ObjectReceiveStream[bytes], disconnect: Any) -> None:
-        self.chunks = chunks
-        self.disconnect = disconnect
+    def __init__(self, sink: _MemorySink, exchange: Exchange) -> None:
+        self.sink = sink
+        self.exchange = exchange
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.chunks:
+        async for chunk in self.sink.receiver:
             yield chunk
 
     async def aclose(self) -> None:
-        self.disconnect()
-        await self.chunks.aclose()
+        self.exchange.disconnect.set()
+        await self.sink.receiver.aclose()
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.sender, self.receiver = anyio.create_memory_object_stream[bytes](math.inf)
+        self.started = anyio.Event()
+        self.head: dict[str, Any] = {}
+
+    def start(self, message: dict[str, Any]) -> None:
+        self.head = message
+        self.started.set()
+
+    def chunk(self, data: bytes) -> None:
+        self.sender.send_nowait(data)
+
+    def end(self) -> None:
+        self.sender.close()
+        self.started.set()
 
 
 class AsyncStreamingASGITransport(httpx.AsyncBaseTransport):
@@ -175,48 +173,9 @@ class AsyncStreamingASGITransport(httpx.AsyncBaseTransport):
         self.task_group = task_group
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        scope = _scope(request)
-        send_chunk, recv_chunk = anyio.create_memory_object_stream[bytes](math.inf)
-        disconnect = anyio.Event()
-        started = anyio.Event()
-        start: dict[str, Any] = {}
-        sent_request = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_request
-            if not sent_request:
-                sent_request = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await disconnect.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                started.set()
-            elif message["type"] == "http.response.body":
-                if disconnect.is_set():
-                    raise OSError("the client disconnected")
-                if message.get("body"):
-                    send_chunk.send_nowait(bytes(message["body"]))
-                if not message.get("more_body", False):
-                    send_chunk.close()
-
-        async def run() -> None:
-            with send_chunk:
-                try:
-                    await self.app(scope, receive, send)
-                finally:
-                    started.set()
-
-        self.task_group.start_soon(run)
+        sink = _MemorySink()
+        exchange = Exchange(await request.aread(), sink)
+        self.task_group.start_soon(exchange.run, self.app, _scope(request))
         with anyio.fail_after(START_TIMEOUT):
-            await started.wait()
-        if not start:
-            raise RuntimeError("the app returned without a response")
-        return httpx.Response(
-            start["status"],
-            headers=list(start.get("headers", [])),
-            stream=_AsyncBody(recv_chunk, disconnect.set),
-        )
+            await sink.started.wait()
+        return _response(sink.head, _AsyncBody(sink, exchange))

@@ -1,0 +1,87 @@
+"""One in-memory HTTP exchange with an ASGI app: the part every test transport shares.
+
+The app gets the request body, then ``http.disconnect`` once the client goes away; the
+response start and every body chunk go to a :class:`Sink` as the app sends them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import anyio
+
+__all__ = ["Exchange", "Sink", "http_scope"]
+
+
+class Sink(Protocol):
+    def start(self, message: dict[str, Any]) -> None:
+        """``http.response.start`` arrived (``status``, ``headers``)."""
+        ...
+
+    def chunk(self, data: bytes) -> None: ...
+
+    def end(self) -> None:
+        """The body ended, or the app returned (called at least once, maybe twice)."""
+        ...
+
+
+def http_scope(
+    method: str,
+    path: str,
+    query: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    scheme: str = "http",
+    server: tuple[str, int] = ("testserver", 80),
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method.upper(),
+        "scheme": scheme,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": server,
+        "state": {},
+    }
+
+
+class Exchange:
+    """Create inside the event loop that runs the app."""
+
+    def __init__(self, body: bytes, sink: Sink) -> None:
+        self.body = body
+        self.sink = sink
+        self.disconnect = anyio.Event()
+        self.started = False
+        self._request_sent = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._request_sent:
+            self._request_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.sink.start(message)
+        elif message["type"] == "http.response.body":
+            if self.disconnect.is_set():
+                raise OSError("the test client disconnected")
+            if message.get("body"):
+                self.sink.chunk(bytes(message["body"]))
+            if not message.get("more_body", False):
+                self.sink.end()
+
+    async def run(self, app: Any, scope: dict[str, Any]) -> None:
+        try:
+            await app(scope, self.receive, self.send)
+        finally:
+            self.sink.end()
