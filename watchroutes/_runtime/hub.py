@@ -34,6 +34,7 @@ from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.objects import merge_patch, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.registry import DEFAULT_BUFFER_SIZE
+from .._core.selectors import EVERYTHING
 from .._core.session import DEFAULT_HEARTBEAT
 from .._core.state import DEFAULT_MAX_OBJECT_BYTES, HubState, StateSource, object_key
 from .._core.wire.sse import DEFAULT_RETRY_MS
@@ -154,6 +155,8 @@ class Hub:
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
+        if buffer < 1 or retention_events < 1 or retention_seconds <= 0:
+            raise ValueError("buffer, retention_events and retention_seconds must be positive")
         self.clock: Clock = clock or SystemClock()
         self.heartbeat = heartbeat
         self.buffer = buffer
@@ -332,8 +335,6 @@ class Hub:
 
     def list(self, resource: str) -> tuple[str, list[Any]]:
         """The rv and every object of ``resource``, consistent with each other."""
-        from .._core.selectors import EVERYTHING
-
         with self._lock:
             self._resource(resource)
             head, items = self.state.snapshot(resource, EVERYTHING)
