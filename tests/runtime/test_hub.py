@@ -205,6 +205,8 @@ async def test_snapshot_callback_semantics(clock: FakeClock) -> None:
             async with client.stream("GET", "/orders", headers=SSE) as response:
                 blocks = response.sse()
                 assert (await anext(blocks)).retry == 2000
+                reset = await anext(blocks)  # a reconnect without an id must drop its state
+                assert (reset.id, reset.data) == (None, '{"type":"RESET"}')
                 got = [await anext(blocks) for _ in range(4)]
                 assert [b.id for b in got[:2]] == [None, None]  # no id, no rv
                 assert "resourceVersion" not in got[0].data  # type: ignore[operator]
@@ -227,6 +229,8 @@ async def test_snapshot_callback_failure_is_a_500(clock: FakeClock) -> None:
     res = hub.resource("orders", snapshot=snapshot)
     reply = await hub.answer("orders", RequestInfo(query=[("watch", "1")]))
     assert reply.status == 500
+    listed = await hub.answer("orders", RequestInfo(query=[]))
+    assert listed.status == 500
     assert b"10.0.0.1" not in reply.body
     assert len(hub.state.registry) == 0
     assert res.source.value == "callback"
@@ -326,3 +330,36 @@ async def test_slow_consumer_is_disconnected_and_others_keep_going(clock: FakeCl
 async def test_unknown_resource_is_404(hub: Hub) -> None:
     reply = await hub.answer("nope", RequestInfo(query=[("watch", "1")]))
     assert reply.status == 404
+
+
+async def test_plain_list_uses_the_snapshot_callback(clock: FakeClock) -> None:
+    hub = Hub(clock=clock)
+    res = hub.resource("orders", snapshot=lambda: [order("a"), order("b", region="us")])
+    app = Starlette(
+        routes=[
+            Route("/orders", watch_endpoint(res)),
+            Route("/orders/{name}", watch_endpoint(res, key="name")),
+        ]
+    )
+    client = WatchClient(app)
+    body = (await client.get("/orders", params={"labelSelector": "region=us"})).json()
+    assert [i["metadata"]["name"] for i in body["items"]] == ["b"]
+    assert body["metadata"]["resourceVersion"] == str(hub.head)
+    assert (await client.get("/orders/a")).status == 200
+    assert (await client.get("/orders/zz")).status == 404
+
+
+async def test_without_state_a_watch_starts_at_the_head(clock: FakeClock) -> None:
+    hub = Hub(clock=clock)
+    res = hub.resource("orders", cache=False)
+    res.create(order("a"))
+    app = Starlette(routes=[Route("/orders", watch_endpoint(res))])
+    client = WatchClient(app)
+    async with client.stream("GET", "/orders", headers=SSE) as response:
+        blocks = response.sse()
+        await anext(blocks)
+        start = await anext(blocks)
+        assert (start.id, start.data) == (str(hub.head), None)  # no false "complete" state
+    refused = await client.get("/orders", params={"watch": "1", "sendInitialEvents": "true"})
+    assert refused.status == 400
+    assert refused.json()["message"].startswith("sendInitialEvents: ")

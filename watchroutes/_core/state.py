@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from .errors import (
     Expired,
+    InvalidParameter,
     NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
@@ -118,8 +119,8 @@ class HubState:
         log = ResourceLog(
             name,
             start_rv=self.head,
-            max_events=max_events or self.retention_events,
-            max_age=max_age or self.retention_seconds,
+            max_events=self.retention_events if max_events is None else max_events,
+            max_age=self.retention_seconds if max_age is None else max_age,
             young_window=self.young_window,
         )
         self.logs[name] = log
@@ -245,6 +246,16 @@ class HubState:
                 if request.mode is not Mode.SSE or source is StateSource.NONE:
                     raise
                 reset = initial = True
+        if initial and source is StateSource.NONE:
+            if request.send_initial_events:
+                raise InvalidParameter(
+                    "sendInitialEvents", "this resource has no state to send; watch from an rv"
+                )
+            initial = False  # nothing to send: start at the head, never a false "complete"
+        if initial and source is StateSource.CALLBACK and request.mode is Mode.SSE:
+            # The callback's objects carry no id, so a browser that drops before the end
+            # bookmark comes back without Last-Event-ID: RESET makes it drop what it had.
+            reset = True
         sub = self.registry.subscribe(resource, flt, buffer)
         frames: list[Frame] | None = None
         if initial:

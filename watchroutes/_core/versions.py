@@ -52,5 +52,7 @@ def parse_resource_version(value: str, parameter: str = "resourceVersion") -> in
         )
     rv = int(value)
     if rv > MAX_RESOURCE_VERSION:
-        raise InvalidResourceVersion(parameter, "must be a non-negative integer below 2^63")
+        raise InvalidResourceVersion(
+            parameter, f"must be a non-negative integer below 2^63, got {value!r}"
+        )
     return rv

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from .._core.errors import (
     ClientError,
     Conflict,
     Expired,
+    InternalError,
     NotFound,
     UsageError,
 )
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger("watchroutes")
 
 #: Longest a watch lasts before the server ends it (randomised to 1x-2x so clients do not
 #: reconnect in step); kube-apiserver's --min-request-timeout default.
@@ -206,10 +209,13 @@ class Hub:
             return res
 
     def bind(self) -> None:
-        """Attach the hub to the running event loop (done on first use from async code)."""
-        if self._token is None:
-            self._token = anyio.lowlevel.current_token()
-            self._loop_thread = threading.get_ident()
+        """Attach the hub to the running event loop (done on each use from async code).
+
+        A hub serves one event loop at a time; the most recent loop that used it wins, so
+        a hub kept across two ``anyio.run`` calls follows the second.
+        """
+        self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
 
     async def __aenter__(self) -> Hub:
         self.bind()
@@ -359,7 +365,7 @@ class Hub:
         reply = await self.answer_watch(resource, request)
         if reply is not None:
             return reply
-        return self.answer_list(resource, request) if list_ else Reply(200, [])
+        return await self.answer_list(resource, request) if list_ else Reply(200, [])
 
     async def answer_watch(self, resource: str, request: RequestInfo) -> Reply | None:
         """The answer when ``request`` is a watch; ``None`` when it is a plain GET."""
@@ -384,13 +390,22 @@ class Hub:
         except ClientError as exc:
             return error_reply(exc, mode, retry_ms=self.retry_ms)
 
-    def answer_list(self, resource: str, request: RequestInfo) -> Reply:
-        """The library's list body (Kubernetes style) or, for a key, the object."""
+    async def answer_list(self, resource: str, request: RequestInfo) -> Reply:
+        """The library's list body (Kubernetes style) or, for a key, the object.
+
+        The objects come from the resource's state source: the watch cache, or the
+        snapshot callback (with the rv read before calling it, as for a watch).
+        """
         try:
             res = self._resource(resource)
             parsed = parse_request(request.query, key=request.key)
-            with self._lock:
-                head, items = self._list_checked(res, parsed)
+            if res.source is StateSource.CALLBACK:
+                head = self.head
+                self._check_not_ahead(parsed, head)
+                items = await self.snapshot_objects(res, parsed)
+            else:
+                with self._lock:
+                    head, items = self._list_checked(res, parsed)
             if request.key is not None:
                 if not items:
                     raise NotFound(f'{resource} "{request.key[:100]}" not found')
@@ -405,10 +420,13 @@ class Hub:
         except ClientError as exc:
             return error_reply(exc, Mode.LIST, retry_ms=self.retry_ms)
 
-    def _list_checked(self, res: Resource, parsed: WatchRequest) -> tuple[int, builtins.list[Any]]:
+    def _check_not_ahead(self, parsed: WatchRequest, head: int) -> None:
         rv = parsed.resource_version
-        if rv and rv > self.head:  # "at least rv": this log is the truth, so rv never existed
-            raise Expired(f"resource version {rv} is newer than this log's head ({self.head})")
+        if rv and rv > head:  # "at least rv": this log is the truth, so rv never existed
+            raise Expired(f"resource version {rv} is newer than this log's head ({head})")
+
+    def _list_checked(self, res: Resource, parsed: WatchRequest) -> tuple[int, builtins.list[Any]]:
+        self._check_not_ahead(parsed, self.head)
         return self.state.snapshot(res.name, parsed.filter)
 
     def end_at(self, timeout_seconds: int | None) -> float:
@@ -417,16 +435,22 @@ class Hub:
             limit = min(limit, float(timeout_seconds))
         return self.clock.now() + limit
 
-    async def snapshot_frames(self, res: Resource, parsed: WatchRequest) -> builtins.list[Frame]:
-        """Initial frames from the application's snapshot callback (no id, no rv)."""
+    async def snapshot_objects(self, res: Resource, parsed: WatchRequest) -> builtins.list[Any]:
+        """The application snapshot callback's objects that match the request's selectors."""
         assert res.snapshot is not None
-        result = res.snapshot()
-        objects = await result if inspect.isawaitable(result) else result
-        flt = parsed.filter
+        try:
+            result = res.snapshot()
+            objects = await result if inspect.isawaitable(result) else result
+            flt = parsed.filter
+            return [obj for obj in objects if flt.everything or flt.matches(obj)]
+        except Exception:
+            logger.exception("snapshot callback of %r failed", res.name)
+            raise InternalError("the snapshot of the current state failed") from None
+
+    async def snapshot_frames(self, res: Resource, parsed: WatchRequest) -> builtins.list[Frame]:
+        """Initial frames from the snapshot callback: ``ADDED`` without id or rv."""
         return [
-            Frame(EventType.ADDED, obj, None)
-            for obj in objects
-            if flt.everything or flt.matches(obj)
+            Frame(EventType.ADDED, obj, None) for obj in await self.snapshot_objects(res, parsed)
         ]
 
     # -- streams and shutdown --------------------------------------------------------------------
@@ -446,7 +470,10 @@ class Hub:
     def begin_shutdown(self) -> None:
         """Refuse new watches and end every open stream resumably (final bookmark, then end).
 
-        Callable from a signal handler's thread or any other; see :meth:`aclose` to wait.
+        Callable from the event loop (a coroutine, a callback) and from any other thread;
+        not from a ``signal.signal`` handler, which may interrupt the loop's thread in the
+        middle of a change (use ``loop.add_signal_handler`` or a thread). See :meth:`aclose`
+        to wait for the streams to end.
         """
         self._call(self.state.begin_shutdown)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from .._core.errors import Expired, InternalError
+from .._core.errors import Expired
 from .._core.params import Mode, WatchRequest
 from .._core.registry import CloseReason, Subscription
 from .._core.session import WatchSession
@@ -160,11 +160,10 @@ async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
     if opening.needs_snapshot:
         try:
             initial = await hub.snapshot_frames(res, parsed)
-        except Exception:
+        except BaseException:
             with hub._lock:
                 hub.state.close_watch(sub, CloseReason.ERROR)
-            logger.exception("snapshot callback of %r failed", res.name)
-            raise InternalError("the snapshot of the current state failed") from None
+            raise
     session = WatchSession(
         wire=wire,
         subscription=sub,

@@ -197,7 +197,20 @@ def watch_endpoint(
 def list_response(resource: Resource, request: Request, *, key: str | None = None) -> Response:
     """The library's plain-GET answer: the Kubernetes-style list or, on an object route whose
     path parameter ``key`` names the object, that object (404 when missing)."""
-    return ReplyResponse(resource.hub.answer_list(resource.name, request_info(request, key)))
+    return _ListResponse(resource, request_info(request, key))
+
+
+class _ListResponse(ReplyResponse):
+    """A list answer computed when it is sent (a snapshot callback may be async)."""
+
+    def __init__(self, resource: Resource, info: RequestInfo) -> None:
+        super().__init__(Reply(200, [("vary", "Accept")]))
+        self.resource = resource
+        self.info = info
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reply = await self.resource.hub.answer_list(self.resource.name, self.info)
+        await ReplyResponse(reply)(scope, receive, send)
 
 
 def error_response(exc: ClientError) -> Response:

@@ -70,6 +70,8 @@ class SSEParser:
 
     def _line(self, line: str, out: list[SSEMessage]) -> None:
         if not line:
+            if self._id is not None:  # WHATWG: the last event id changes when a block ends
+                self.last_event_id = self._id
             if self._seen:
                 out.append(
                     SSEMessage(
@@ -95,7 +97,6 @@ class SSEParser:
         elif name == "id":
             if "\x00" not in value:
                 self._id = value
-                self.last_event_id = value
         elif name == "event":
             self._event = value
         elif name == "retry" and value.isascii() and value.isdigit():
