@@ -1,0 +1,345 @@
+"""The two servers that ``sse_fanout.py`` compares, each run in a process of its own.
+
+::
+
+    .venv/bin/python benchmarks/sse_fanout_servers.py watchroutes [--port 0] [--cpu 0]
+    .venv/bin/python benchmarks/sse_fanout_servers.py raw [--port 0] [--cpu 0]
+
+``watchroutes``
+    A Starlette app whose ``GET /orders`` is ``watch_endpoint(orders)``, served by uvicorn
+    through ``watchroutes.adapters.uvicorn.Server``. Every call of
+    ``watchroutes._core.events.encode`` (the package's JSON encoder, which ``Frame.json`` looks
+    up as a module global) is counted, so the benchmark can show that an event is encoded once
+    however many watchers receive it.
+``raw``
+    The least a Python SSE fan-out can do: ``asyncio.start_server``, read the request head,
+    write the response head and ``retry: 2000``, keep the transports, and write each event's
+    ``id:``/``data:`` block to every one of them. No HTTP framework, no chunked encoding (the
+    body ends when the connection does), no resume, no selectors: the reference for what the
+    event loop and the kernel allow.
+
+Both answer the same control routes:
+
+* ``POST /_bench/start?rate=R&seconds=D[&count=N]``: publish N events (default R x D) at R
+  per second on an absolute schedule, for at most D seconds (events not published by then are
+  skipped, so a saturated server shows up as a lower published rate). Each object is
+  ``{"metadata": {"name": "o-<i % 100>"}, "t": <time.monotonic_ns() at publish>, "pad": ...}``.
+  Answers ``{"t0": <ns>}``, the publisher's start.
+* ``GET /_bench/stats``: ``{"published", "running", "encodes", "watchers"}`` (``encodes`` is
+  the encoder calls since the last start, ``null`` for the raw server).
+
+Both print ``ready http://HOST:PORT`` once they accept connections and stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+#: Bytes of padding in each published object (the object is about 300 bytes of JSON).
+PAD: Final = "x" * 200
+#: Distinct keys the publisher cycles through (``o-0`` ... ``o-99``).
+KEYS: Final = 100
+#: The raw server closes a connection whose unsent bytes exceed this (its only bound).
+RAW_MAX_PENDING: Final = 16 * 1024 * 1024
+
+Emit = Callable[[int, dict[str, Any]], None]
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (1,000 watchers need 1,000+ fds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def pin_to_cpu(cpu: int | None) -> None:
+    """Run this process on one CPU only (ignored where affinity is unsupported)."""
+    if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def make_object(i: int) -> dict[str, Any]:
+    return {"metadata": {"name": f"o-{i % KEYS}"}, "t": time.monotonic_ns(), "pad": PAD}
+
+
+class Publisher:
+    """Publishes ``count`` objects at ``rate`` per second through ``emit``."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.published = 0
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, rate: float, seconds: float, count: int) -> int:
+        if self.running:
+            raise RuntimeError("a publisher is already running")
+        t0 = time.monotonic_ns()
+        self.published = 0
+        self.task = asyncio.get_running_loop().create_task(self._run(t0, rate, seconds, count))
+        return t0
+
+    async def _run(self, t0: int, rate: float, seconds: float, count: int) -> None:
+        # Open loop: every event that is due is published when the task runs, late ones in a
+        # burst, so a saturated event loop does not slow the publisher down (the events queue
+        # up in the server, where the latency shows them). A server whose publishing itself is
+        # the bottleneck (the raw one writes to every socket inside ``emit``) publishes fewer:
+        # nothing is published after the window, so the run stays bounded.
+        interval = 1e9 / rate
+        stop = t0 + int(seconds * 1e9)
+        i = 0
+        while i < count:
+            woke = time.monotonic_ns()
+            # Publish what was due when the task woke, then yield (late events wait a turn).
+            while i < count and t0 + int(i * interval) <= woke:
+                if time.monotonic_ns() >= stop:
+                    return
+                self.emit(i, make_object(i))
+                self.published += 1
+                i += 1
+            now = time.monotonic_ns()
+            if now >= stop:
+                return
+            await asyncio.sleep(max(0.0, (t0 + int(i * interval) - now) / 1e9))
+
+
+def parse_start(query: str) -> tuple[float, float, int]:
+    params = dict(parse_qsl(query))
+    rate = float(params["rate"])
+    seconds = float(params["seconds"])
+    count = int(params.get("count", round(rate * seconds)))
+    if not (rate > 0 and seconds > 0 and count >= 0):
+        raise ValueError("rate and seconds must be positive, count non-negative")
+    return rate, seconds, count
+
+
+# -- watchroutes on uvicorn ------------------------------------------------------------------
+
+
+def run_watchroutes(host: str, port: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    import watchroutes._core.events as events_module
+    from watchroutes import Hub
+    from watchroutes.adapters.starlette import watch_endpoint
+    from watchroutes.adapters.uvicorn import Server
+
+    encodes = 0
+    encodes_at_start = 0
+    real_encode = events_module.encode
+
+    def counting_encode(value: Any) -> bytes:
+        nonlocal encodes
+        encodes += 1
+        return real_encode(value)
+
+    events_module.encode = counting_encode
+
+    hub = Hub()
+    orders = hub.resource("orders", kind="Order")
+    publisher = Publisher(lambda i, obj: orders.publish("MODIFIED", obj))
+
+    async def start(request: Request) -> Response:
+        nonlocal encodes_at_start
+        try:
+            rate, seconds, count = parse_start(request.url.query)
+        except (KeyError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if publisher.running:
+            return JSONResponse({"error": "already running"}, status_code=409)
+        encodes_at_start = encodes
+        return JSONResponse({"t0": publisher.start(rate, seconds, count)}, status_code=202)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "published": publisher.published,
+                "running": publisher.running,
+                "encodes": encodes - encodes_at_start,
+                "watchers": hub.statistics().active_watches,
+            }
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/orders", watch_endpoint(orders)),
+            Route("/_bench/start", start, methods=["POST"]),
+            Route("/_bench/stats", stats),
+        ]
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=4096,
+    )
+    Server(config, hubs=[hub], announce=True).run()
+
+
+# -- the raw asyncio reference ---------------------------------------------------------------
+
+_SSE_HEAD: Final = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream; charset=utf-8\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"Connection: close\r\n"
+    b"\r\n"
+    b"retry: 2000\n\n"
+)
+
+
+class RawServer:
+    """asyncio streams, a set of transports, one ``write`` per watcher per event."""
+
+    def __init__(self) -> None:
+        self.transports: set[asyncio.WriteTransport] = set()
+        self.handlers: set[asyncio.Task[Any]] = set()
+        self.connections: set[asyncio.StreamWriter] = set()
+        self.rv = 0
+        self.too_slow = 0
+        self.publisher = Publisher(self.broadcast)
+
+    def broadcast(self, i: int, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        rv = str(self.rv)
+        obj["metadata"]["resourceVersion"] = rv
+        envelope = {"type": "MODIFIED", "object": obj, "resourceVersion": rv}
+        block = b"id: %d\ndata: %s\n\n" % (
+            self.rv,
+            json.dumps(envelope, separators=(",", ":")).encode(),
+        )
+        for transport in list(self.transports):
+            if transport.is_closing():
+                self.transports.discard(transport)
+            elif transport.get_write_buffer_size() > RAW_MAX_PENDING:
+                self.too_slow += 1
+                self.transports.discard(transport)
+                transport.abort()
+            else:
+                transport.write(block)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        task.add_done_callback(self.handlers.discard)
+        self.connections.add(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, target = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")[:2]
+            path, _, query = target.partition("?")
+            if method == "GET" and path == "/orders":
+                await self.stream(reader, writer)
+            elif method == "POST" and path == "/_bench/start":
+                await self.start(writer, query)
+            elif method == "GET" and path == "/_bench/stats":
+                body = {
+                    "published": self.publisher.published,
+                    "running": self.publisher.running,
+                    "encodes": None,
+                    "watchers": len(self.transports),
+                }
+                await respond(writer, 200, body)
+            else:
+                await respond(writer, 404, {"error": "not found"})
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
+            pass
+        finally:
+            self.connections.discard(writer)
+            writer.close()
+
+    async def stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        transport.write(_SSE_HEAD)
+        self.transports.add(transport)
+        try:
+            while await reader.read(4096):
+                pass
+        finally:
+            self.transports.discard(transport)
+
+    async def start(self, writer: asyncio.StreamWriter, query: str) -> None:
+        try:
+            rate, seconds, count = parse_start(query)
+        except (KeyError, ValueError) as exc:
+            await respond(writer, 400, {"error": str(exc)})
+            return
+        if self.publisher.running:
+            await respond(writer, 409, {"error": "already running"})
+            return
+        await respond(writer, 202, {"t0": self.publisher.start(rate, seconds, count)})
+
+
+async def respond(writer: asyncio.StreamWriter, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    writer.write(
+        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (status, len(data), data)
+    )
+    await writer.drain()
+
+
+async def serve_raw(host: str, port: int) -> None:
+    raw = RawServer()
+    server = await asyncio.start_server(raw.handle, host, port, backlog=4096)
+    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    print(f"ready http://{bound_host}:{bound_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+        if raw.publisher.task is not None:
+            raw.publisher.task.cancel()
+        for writer in list(raw.connections):
+            writer.transport.abort()
+        # Let the handlers see their connections end: a handler task still pending when
+        # asyncio.run() cancels it makes Python 3.11's start_server callback log an error.
+        if raw.handlers:
+            await asyncio.wait(raw.handlers, timeout=5.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("server", choices=["watchroutes", "raw"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to; -1: do not pin")
+    args = parser.parse_args(argv)
+    pin_to_cpu(None if args.cpu < 0 else args.cpu)
+    raise_open_files_limit()
+    if args.server == "watchroutes":
+        run_watchroutes(args.host, args.port)
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_raw(args.host, args.port))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
