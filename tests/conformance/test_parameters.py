@@ -273,12 +273,17 @@ def test_selector_transitions_live(server: Server) -> None:
     assert events[2]["object"]["spec"]["qty"] == 2  # the object as it was before leaving
 
 
-@pytest.mark.parametrize("transport", ["jsonlines", "sse"])
+@pytest.mark.parametrize("transport", ["jsonlines", "sse", "longpoll"])
 def test_selector_transitions_in_a_replay(server: Server, transport: str) -> None:
     start = server.head()
     expected = _region_eu_changes(server)
     params = {"labelSelector": "region=eu", "resourceVersion": str(start), "timeoutSeconds": "10"}
-    if transport == "sse":
+    if transport == "longpoll":
+        params.update(watch="true", feed="longpoll", timeoutSeconds="0")
+        response = server.client.get("/orders", params=params)
+        assert response.status_code == 200, response.text
+        events = response.json()["events"]
+    elif transport == "sse":
         with server.sse(params=params) as stream:
             events = stream.data_events(4)
     else:

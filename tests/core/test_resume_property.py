@@ -31,6 +31,12 @@ class Client:
     watcher: Watcher | None = None
     seen: list[int] = field(default_factory=list)  # rvs of changes, in arrival order
     synced: bool = False  # it has a complete state (initial events ended, or it resumed)
+    #: Its cache was complete at its resume point (it saw the end of a full initial state and
+    #: has not relisted since), so every change must agree with it. After a drop in the middle
+    #: of the initial events a resume is exact too, but may bring MODIFIED/DELETED for keys
+    #: the client never saw (DESIGN 3.2).
+    strict: bool = False
+    fresh: bool = False  # this connection (or its RESET) started from an empty state
     resets: int = 0
     expired: int = 0
     #: Every rv the hub assigned, shared by all clients: an unfiltered, synced client must
@@ -67,9 +73,11 @@ class Client:
             self.state.clear()
             self.synced = False
             self.watcher = core.open(self.query(), sse=self.sse)
+        self.fresh = self.resume is None
         if self.resume is None:
             self.state.clear()
             self.synced = False
+            self.strict = False
 
     def read(self, limit: int | None) -> None:
         assert self.watcher is not None
@@ -81,6 +89,8 @@ class Client:
         if isinstance(item, tuple):
             kind, value = item
             if kind == "id":
+                if self.fresh and not self.synced:  # the end of a full initial state
+                    self.strict = True
                 self.assert_no_gap(int(value) + 1)
                 self.resume = value
                 self.synced = True
@@ -91,6 +101,8 @@ class Client:
             self.resets += 1
             self.state.clear()
             self.synced = False
+            self.strict = False
+            self.fresh = True
             return
         if etype == "BOOKMARK":
             assert rv is not None
@@ -98,6 +110,7 @@ class Client:
             self.resume = rv
             if item["object"]["metadata"].get("annotations"):
                 self.synced = True
+                self.strict = True
             return
         name = item["object"]["metadata"]["name"]
         if self.synced:  # a change after a complete state: strictly after the last one
@@ -106,6 +119,8 @@ class Client:
                 assert int(rv) > self.seen[-1], "events out of order or repeated"
             self.assert_no_gap(int(rv))
             self.seen.append(int(rv))
+        if self.strict:  # consistent with the cache: ADDED is new to it, the rest are not
+            assert (name in self.state) == (etype != "ADDED"), (etype, name, self.selector)
         if etype == "DELETED":
             self.state.pop(name, None)
         else:

@@ -1,9 +1,8 @@
 """Subscriptions, their bounded buffers, and fan-out.
 
-A publish visits only the subscriptions that can match it: those of its resource whose filter
-pins no ``metadata.name``, plus those pinned to its key. For each, the selector transition
-(DESIGN 3.2) decides whether the entry is sent, and as which type; the frame for that type is
-shared by every subscriber, so bytes are encoded once per event.
+A publish visits only the subscriptions that can match it (see :class:`Registry`). For each,
+the selector transition (DESIGN 3.2) decides whether the entry is sent, and as which type; the
+frame for that type is shared by every subscriber, so bytes are encoded once per event.
 
 Every buffer is bounded. A subscriber past its buffer is closed with ``SLOW`` under the
 default ``disconnect`` policy: its stream ends and the client resumes exactly from the last rv
@@ -14,11 +13,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Final, NamedTuple
+from collections.abc import Callable
+from typing import Final, NamedTuple, TypeVar
 
 from .events import Entry, EventType, Frame
-from .selectors import Filter
+from .selectors import Filter, IndexTerm, object_index_terms
+
+_K = TypeVar("_K")
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -79,6 +80,7 @@ class Subscription:
         "filter",
         "high_water",
         "id",
+        "index_term",
         "max_buffer",
         "resource",
         "waker",
@@ -95,6 +97,8 @@ class Subscription:
         self.closed: CloseReason | None = None
         self.high_water = 0
         self.delivered = 0
+        #: The term the registry files it under (``None``: scanned on every publish).
+        self.index_term: IndexTerm | None = None
         #: Called (in the hub's thread) whenever the subscription has something new to do.
         self.waker: Callable[[], None] | None = None
 
@@ -142,66 +146,72 @@ class Subscription:
 
 
 class Registry:
-    """The subscriptions of one hub, indexed by resource and by pinned key."""
+    """The subscriptions of one hub, indexed so that a publish visits only candidates.
 
-    __slots__ = ("_by_name", "_next_id", "_unnamed")
+    A subscription whose filter has equality requirements (``metadata.name=`` from a
+    ``/R/{key}`` route or a field selector, ``k=v`` labels) is filed under one of them, the
+    one with the fewest subscriptions at the time; the rest are scanned on every publish of
+    their resource. An entry visits the subscriptions filed under the terms of its object
+    *and of its previous object*: a watcher whose selector the change leaves must still see
+    it, to send its ``DELETED``. Filing under any one required term is exact because an object
+    without that term cannot match the filter (see :func:`object_index_terms`).
+    """
+
+    __slots__ = ("_indexed", "_next_id", "_scanned", "_terms")
 
     def __init__(self) -> None:
-        self._unnamed: dict[str, dict[int, Subscription]] = {}
-        self._by_name: dict[tuple[str, str], dict[int, Subscription]] = {}
+        self._scanned: dict[str, dict[int, Subscription]] = {}
+        self._terms: dict[tuple[str, IndexTerm], dict[int, Subscription]] = {}
+        self._indexed: dict[str, int] = {}  # resource -> subscriptions filed under a term
         self._next_id = 0
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._unnamed.values()) + sum(
-            len(s) for s in self._by_name.values()
-        )
+        return sum(map(len, self._scanned.values())) + sum(self._indexed.values())
 
     def subscribe(self, resource: str, flt: Filter, max_buffer: int) -> Subscription:
         self._next_id += 1
         sub = Subscription(self._next_id, resource, flt, max_buffer)
-        self._slot(sub, create=True)[sub.id] = sub
+        if flt.index_terms:
+            terms = self._terms
+            term = min(flt.index_terms, key=lambda t: len(terms.get((resource, t), ())))
+            sub.index_term = term
+            terms.setdefault((resource, term), {})[sub.id] = sub
+            self._indexed[resource] = self._indexed.get(resource, 0) + 1
+        else:
+            self._scanned.setdefault(resource, {})[sub.id] = sub
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        slot = self._slot(sub, create=False)
-        slot.pop(sub.id, None)
-        if not slot:
-            if sub.filter.name is None:
-                self._unnamed.pop(sub.resource, None)
+        resource = sub.resource
+        if sub.index_term is None:
+            _discard(self._scanned, resource, sub)
+        elif _discard(self._terms, (resource, sub.index_term), sub):
+            left = self._indexed[resource] - 1
+            if left:
+                self._indexed[resource] = left
             else:
-                self._by_name.pop((sub.resource, sub.filter.name), None)
+                del self._indexed[resource]
 
-    def _slot(self, sub: Subscription, *, create: bool) -> dict[int, Subscription]:
-        name = sub.filter.name
-        if name is None:
-            slot = self._unnamed.get(sub.resource)
-            if slot is None:
-                slot = {}
-                if create:
-                    self._unnamed[sub.resource] = slot
-        else:
-            slot = self._by_name.get((sub.resource, name))
-            if slot is None:
-                slot = {}
-                if create:
-                    self._by_name[(sub.resource, name)] = slot
-        return slot
-
-    def candidates(self, resource: str, key: str) -> Iterable[Subscription]:
-        unnamed = self._unnamed.get(resource)
-        named = self._by_name.get((resource, key))
-        if unnamed and named:
-            return [*unnamed.values(), *named.values()]
-        if unnamed:
-            return list(unnamed.values())
-        if named:
-            return list(named.values())
-        return ()
+    def candidates(self, entry: Entry) -> list[Subscription]:
+        """The subscriptions ``entry`` may concern: a superset of those it is sent to."""
+        resource = entry.resource
+        scanned = self._scanned.get(resource)
+        found = list(scanned.values()) if scanned else []
+        if resource in self._indexed:
+            terms = object_index_terms(entry.object)
+            if entry.prev is not None:
+                terms |= object_index_terms(entry.prev)
+            index = self._terms
+            for term in terms:
+                slot = index.get((resource, term))
+                if slot:
+                    found.extend(slot.values())
+        return found
 
     def publish(self, entry: Entry) -> int:
         """Offer ``entry`` to every subscription it concerns; returns how many got a frame."""
         count = 0
-        for sub in self.candidates(entry.resource, entry.key):
+        for sub in self.candidates(entry):
             as_type = transition(sub.filter, entry)
             if as_type is not None:
                 sub.offer(entry.frame(as_type))
@@ -209,6 +219,16 @@ class Registry:
         return count
 
     def all(self) -> list[Subscription]:
-        subs = [s for slot in self._unnamed.values() for s in slot.values()]
-        subs.extend(s for slot in self._by_name.values() for s in slot.values())
+        subs = [s for slot in self._scanned.values() for s in slot.values()]
+        subs.extend(s for slot in self._terms.values() for s in slot.values())
         return subs
+
+
+def _discard(slots: dict[_K, dict[int, Subscription]], slot_key: _K, sub: Subscription) -> bool:
+    """Remove ``sub`` from ``slots[slot_key]``, dropping the slot when it empties."""
+    slot = slots.get(slot_key)
+    if slot is None or slot.pop(sub.id, None) is None:
+        return False
+    if not slot:
+        del slots[slot_key]
+    return True

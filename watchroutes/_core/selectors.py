@@ -50,7 +50,9 @@ __all__ = [
     "DEFAULT_MAX_VALUES",
     "EVERYTHING",
     "Filter",
+    "IndexTerm",
     "compile_filter",
+    "object_index_terms",
 ]
 
 #: Characters per selector. DESIGN 3.2 ("longer than 4 KiB by default"): half of the 8 KiB
@@ -139,6 +141,14 @@ class _LabelReq(_Frozen):
         raise NotImplementedError
 
 
+def _label_string(value: Any) -> str | None:
+    """A label value as the plain string it compares as (a ``StrEnum`` member hashes by its
+    name, so sets and indexes need its value), or ``None`` when it is not a string."""
+    if type(value) is str:
+        return value
+    return str.__str__(value) if isinstance(value, str) else None
+
+
 @final
 class _LabelExists(_LabelReq):
     __slots__ = ()
@@ -208,8 +218,7 @@ class _LabelIn(_LabelReq):
         object.__setattr__(self, "value_set", frozenset(values))
 
     def matches(self, labels: Mapping[str, Any]) -> bool:
-        value = labels.get(self.key)
-        return isinstance(value, str) and value in self.value_set
+        return _label_string(labels.get(self.key)) in self.value_set
 
     def render(self) -> str:
         return f"{self.key} in ({','.join(self.values)})"
@@ -226,8 +235,7 @@ class _LabelNotIn(_LabelReq):
         object.__setattr__(self, "value_set", frozenset(values))
 
     def matches(self, labels: Mapping[str, Any]) -> bool:
-        value = labels.get(self.key)
-        return not (isinstance(value, str) and value in self.value_set)
+        return _label_string(labels.get(self.key)) not in self.value_set
 
     def render(self) -> str:
         return f"{self.key} notin ({','.join(self.values)})"
@@ -306,6 +314,35 @@ class _FieldNotEquals(_FieldReq):
 
 
 # --------------------------------------------------------------------------------------------
+# Index terms: equality requirements a subscription can be found by.
+
+#: ``(label key, value)`` for a label equality, ``(None, name)`` for ``metadata.name``.
+IndexTerm = tuple[str | None, str]
+
+_NAME_FIELD: Final = _FieldEquals("metadata.name", "")
+
+
+def object_index_terms(obj: Any) -> set[IndexTerm]:
+    """The index terms ``obj`` satisfies: its ``metadata.name`` and each string label.
+
+    A filter whose :attr:`Filter.index_terms` holds a term ``obj`` lacks cannot match ``obj``:
+    the equality requirement behind that term compares exactly these values.
+    """
+    if not isinstance(obj, Mapping):
+        return set()
+    labels = _labels_of(obj)
+    terms: set[IndexTerm] = set()
+    for key, value in labels.items():
+        text = _label_string(value)
+        if text is not None:
+            terms.add((key, text))
+    name = _NAME_FIELD.lookup(obj)
+    if name is not None:
+        terms.add((None, name))
+    return terms
+
+
+# --------------------------------------------------------------------------------------------
 # The compiled filter.
 
 
@@ -338,7 +375,10 @@ class Filter(_Frozen):
         name: the ``metadata.name`` a field requirement pins by equality, else ``None``
             (when contradictory equalities pin several, the first in canonical order).
         label_equals: the sorted, distinct ``(key, value)`` equality label requirements
-            (``k=v``, ``k==v``, ``k in (v)``), for indexing subscriptions.
+            (``k=v``, ``k==v``, ``k in (v)``).
+        index_terms: the :data:`IndexTerm` of every equality requirement an object must
+            satisfy (``metadata.name`` first, then ``label_equals``); a subscription indexed
+            under any one of them is found by every object that can match it.
         label_selector: the canonical text of the label requirements (``""`` when none).
         field_selector: the canonical text of the field requirements (``""`` when none).
     """
@@ -350,6 +390,7 @@ class Filter(_Frozen):
         "_labels",
         "everything",
         "field_selector",
+        "index_terms",
         "label_equals",
         "label_selector",
         "name",
@@ -357,6 +398,7 @@ class Filter(_Frozen):
     everything: bool
     name: str | None
     label_equals: tuple[tuple[str, str], ...]
+    index_terms: tuple[IndexTerm, ...]
     label_selector: str
     field_selector: str
     _labels: tuple[_LabelReq, ...]
@@ -388,11 +430,12 @@ class Filter(_Frozen):
         setter(self, "_hash", hash(key))
         setter(self, "everything", not labels and not fields)
         setter(self, "name", name)
-        setter(
-            self,
-            "label_equals",
-            tuple((req.key, req.value) for req in labels if isinstance(req, _LabelEquals)),
+        label_equals = tuple(
+            (req.key, req.value) for req in labels if isinstance(req, _LabelEquals)
         )
+        setter(self, "label_equals", label_equals)
+        names: tuple[IndexTerm, ...] = ((None, name),) if name is not None else ()
+        setter(self, "index_terms", names + label_equals)
         setter(self, "label_selector", ",".join(req.render() for req in labels))
         setter(self, "field_selector", ",".join(req.render() for req in fields))
 
