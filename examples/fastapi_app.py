@@ -10,9 +10,22 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from watchroutes import BadRequest, ClientError, MethodNotAllowed, NotFound
-from watchroutes.adapters.starlette import error_response, list_response, watchable
+from watchroutes.adapters.starlette import (
+    error_response,
+    list_response,
+    watchable,
+    websocket_endpoint,
+)
 
-from .orders import PAGE, Settings, check_token, decode_body, make_hub, metrics_text
+from .orders import (
+    PAGE,
+    Settings,
+    check_socket_token,
+    check_token,
+    decode_body,
+    make_hub,
+    metrics_text,
+)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -34,6 +47,14 @@ def create_app(settings: Settings) -> FastAPI:
                 return error_response(exc)
         response: Response = await call_next(request)
         return response
+
+    def authorize(websocket: object, token: str | None) -> None:
+        check_socket_token(settings, websocket, token)
+
+    app.add_api_websocket_route("/orders", websocket_endpoint(orders, authorize=authorize))
+    app.add_api_websocket_route(
+        "/orders/{name}", websocket_endpoint(orders, key="name", authorize=authorize)
+    )
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> Response:

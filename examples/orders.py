@@ -71,6 +71,12 @@ def check_token(settings: Settings, authorization: str | None, query_token: str 
         raise Unauthorized("a valid bearer token is required")
 
 
+def check_socket_token(settings: Settings, websocket: object, token: str | None) -> None:
+    """The same rule for a WebSocket: the token it presented (subprotocol ``bearer.<T>``,
+    ``Authorization: Bearer T`` or ``access_token=T``), or 4401."""
+    check_token(settings, None, token)
+
+
 def decode_body(body: bytes, content_type: str | None, *, patch: bool = False) -> dict[str, Any]:
     if len(body) > MAX_BODY:
         raise RequestEntityTooLarge(f"the body is {len(body)} bytes; the limit is {MAX_BODY}")

@@ -8,12 +8,25 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from watchroutes import ClientError, MethodNotAllowed, NotFound
-from watchroutes.adapters.starlette import error_response, list_response, watchable
+from watchroutes.adapters.starlette import (
+    error_response,
+    list_response,
+    watchable,
+    websocket_endpoint,
+)
 
-from .orders import PAGE, Settings, check_token, decode_body, make_hub, metrics_text
+from .orders import (
+    PAGE,
+    Settings,
+    check_socket_token,
+    check_token,
+    decode_body,
+    make_hub,
+    metrics_text,
+)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -87,8 +100,15 @@ def create_app(settings: Settings) -> Starlette:
             return error_response(NotFound(f"no route for {request.url.path[:200]}"))
         return JSONResponse({"message": exc.detail}, status_code=exc.status_code)
 
+    def authorize(websocket: object, token: str | None) -> None:
+        check_socket_token(settings, websocket, token)
+
     app = Starlette(
         routes=[
+            WebSocketRoute("/orders", websocket_endpoint(orders, authorize=authorize)),
+            WebSocketRoute(
+                "/orders/{name}", websocket_endpoint(orders, key="name", authorize=authorize)
+            ),
             Route("/", page),
             Route("/metrics", metrics),
             Route("/orders", guarded(collection), methods=["GET", "POST"]),

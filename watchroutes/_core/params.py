@@ -42,6 +42,7 @@ class Mode(enum.Enum):
     SSE = "sse"
     JSONLINES = "jsonlines"
     LONGPOLL = "longpoll"
+    WEBSOCKET = "websocket"
 
 
 class WatchRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,8 +110,13 @@ def parse_request(
     accept: str | None = None,
     last_event_id: str | None = None,
     key: str | None = None,
+    websocket: bool = False,
 ) -> WatchRequest:
-    """Validate a request's watch parameters; the first value of a repeated parameter wins."""
+    """Validate a request's watch parameters; the first value of a repeated parameter wins.
+
+    ``websocket``: the parameters of a WebSocket subscription (its URL's query, or a ``watch``
+    message); ``watch`` is implied and ``feed`` is refused.
+    """
     params: dict[str, str] = {}
     for name, value in query:
         params.setdefault(name, value)
@@ -120,7 +126,11 @@ def parse_request(
     if feed is not None and feed != "longpoll":
         raise InvalidParameter("feed", f"unsupported value {feed[:40]!r}; supported: longpoll")
     sse = wants_event_stream(accept)
-    if feed == "longpoll":
+    if websocket:
+        if feed is not None:
+            raise InvalidParameter("feed", "a WebSocket is its own feed; leave feed out")
+        mode = Mode.WEBSOCKET
+    elif feed == "longpoll":
         if not watch:
             raise InvalidParameter("feed", "feed=longpoll requires watch=true")
         mode = Mode.LONGPOLL

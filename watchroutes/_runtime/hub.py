@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -42,7 +42,10 @@ from .._core.state import DEFAULT_MAX_OBJECT_BYTES, HubState, StateSource, objec
 from .._core.wire.sse import DEFAULT_RETRY_MS
 from .clock import Clock, SystemClock
 from .reply import Reply, error_reply, json_reply
-from .stream import WatchStream, open_stream
+from .stream import open_stream
+
+if TYPE_CHECKING:
+    from .websocket import Authorize, Socket, WebSocketLimits, WebSocketRequest
 
 __all__ = [
     "DEFAULT_MAX_WATCH_SECONDS",
@@ -66,6 +69,14 @@ DEFAULT_WRITE_TIMEOUT: Final = 10.0
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 
 Snapshot = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
+
+
+class _Tracked(Protocol):
+    """An open watch stream or WebSocket, as shutdown sees it."""
+
+    def on_shutdown(self) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
 class HubStatistics(NamedTuple):
@@ -178,7 +189,7 @@ class Hub:
         self._lock = threading.RLock()
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
-        self._streams: set[WatchStream] = set()
+        self._streams: set[_Tracked] = set()
         self._streams_idle: anyio.Event | None = None
         self._random = random.Random()
 
@@ -390,6 +401,27 @@ class Hub:
         except ClientError as exc:
             return error_reply(exc, mode, retry_ms=self.retry_ms)
 
+    async def serve_websocket(
+        self,
+        resource: str,
+        request: WebSocketRequest,
+        socket: Socket,
+        *,
+        authorize: Authorize | None = None,
+        limits: WebSocketLimits | None = None,
+    ) -> None:
+        """Run a WebSocket watch (DESIGN 4) on ``socket`` from its handshake to its close."""
+        from .websocket import serve_websocket
+
+        self.bind()
+        try:
+            res = self._resource(resource)
+        except ClientError:
+            await socket.accept(None)
+            await socket.close(4404, f"resource {resource[:100]!r} not found")
+            return
+        await serve_websocket(self, res, request, socket, authorize=authorize, limits=limits)
+
     async def answer_list(self, resource: str, request: RequestInfo) -> Reply:
         """The library's list body (Kubernetes style) or, for a key, the object.
 
@@ -455,10 +487,10 @@ class Hub:
 
     # -- streams and shutdown --------------------------------------------------------------------
 
-    def _track(self, stream: WatchStream) -> None:
+    def _track(self, stream: _Tracked) -> None:
         self._streams.add(stream)
 
-    def _untrack(self, stream: WatchStream) -> None:
+    def _untrack(self, stream: _Tracked) -> None:
         self._streams.discard(stream)
         if not self._streams and self._streams_idle is not None:
             self._streams_idle.set()
@@ -475,7 +507,12 @@ class Hub:
         middle of a change (use ``loop.add_signal_handler`` or a thread). See :meth:`aclose`
         to wait for the streams to end.
         """
-        self._call(self.state.begin_shutdown)
+        self._call(self._begin_shutdown)
+
+    def _begin_shutdown(self) -> None:
+        self.state.begin_shutdown()
+        for stream in list(self._streams):
+            stream.on_shutdown()
 
     async def aclose(self) -> None:
         """Shut down: end every stream, wait up to ``shutdown_grace``, cancel what remains."""

@@ -30,7 +30,7 @@ from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply
 if TYPE_CHECKING:
     from .hub import Hub, Resource
 
-__all__ = ["Disconnected", "WatchStream", "open_stream", "serve"]
+__all__ = ["Disconnected", "WatchStream", "open_session", "open_stream", "serve"]
 
 logger = logging.getLogger("watchroutes")
 
@@ -58,6 +58,9 @@ class WatchStream:
         self._cancelled = True
         if self._scope is not None:
             self._scope.cancel()
+
+    def on_shutdown(self) -> None:
+        """The hub began shutting down (the subscription's close already wakes the pump)."""
 
     def discard(self) -> None:
         """Release a stream that will never run (the adapter could not start it)."""
@@ -143,18 +146,13 @@ def _wire(res: Resource, parsed: WatchRequest, retry_ms: int) -> Wire:
     return JsonLinesWire(res.kind, res.api_version, bookmarks=parsed.allow_watch_bookmarks)
 
 
-async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
-    """Register the watch and prepare its stream (DESIGN 3.3 for SSE, 3.4 for JSON lines)."""
-    wire = _wire(res, parsed, hub.retry_ms)
-    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
-    try:
-        with hub._lock:
-            opening = hub.state.open_watch(res.name, parsed, source=res.source, buffer=hub.buffer)
-    except Expired as exc:
-        if parsed.mode is not Mode.JSONLINES:
-            raise
-        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
-        return Reply(200, headers, wire.error(exc.status()), chunked=True)
+async def open_session(
+    hub: Hub, res: Resource, parsed: WatchRequest, wire: Wire, *, end_at: float | None
+) -> WatchSession:
+    """Register a watch and build its session; raises ``Expired`` and the other client errors
+    of opening a watch (DESIGN 3.2)."""
+    with hub._lock:
+        opening = hub.state.open_watch(res.name, parsed, source=res.source, buffer=hub.buffer)
     sub = opening.subscription
     initial = opening.initial
     if opening.needs_snapshot:
@@ -164,7 +162,7 @@ async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
             with hub._lock:
                 hub.state.close_watch(sub, CloseReason.ERROR)
             raise
-    session = WatchSession(
+    return WatchSession(
         wire=wire,
         subscription=sub,
         now=hub.clock.now(),
@@ -174,6 +172,21 @@ async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
         replay=opening.replay,
         reset=opening.reset,
         heartbeat=hub.heartbeat,
-        end_at=hub.end_at(parsed.timeout_seconds),
+        end_at=end_at,
     )
-    return Reply(200, headers, session.preamble(), WatchStream(hub, session, sub))
+
+
+async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
+    """Register the watch and prepare its stream (DESIGN 3.3 for SSE, 3.4 for JSON lines)."""
+    wire = _wire(res, parsed, hub.retry_ms)
+    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
+    try:
+        session = await open_session(
+            hub, res, parsed, wire, end_at=hub.end_at(parsed.timeout_seconds)
+        )
+    except Expired as exc:
+        if parsed.mode is not Mode.JSONLINES:
+            raise
+        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
+        return Reply(200, headers, wire.error(exc.status()), chunked=True)
+    return Reply(200, headers, session.preamble(), WatchStream(hub, session, session.subscription))

@@ -16,8 +16,13 @@ The same decorator works on FastAPI path operations (it adds a ``Request`` param
 signature when the function has none). Without an endpoint of your own,
 ``watch_endpoint(orders)`` answers plain GETs with the Kubernetes-style list body.
 
+WebSocket watches (DESIGN 4) need a route of their own on the same path, since Starlette
+routes by scope type: ``WebSocketRoute("/orders", websocket_endpoint(orders))`` (FastAPI:
+``app.add_api_websocket_route("/orders", websocket_endpoint(orders))``).
+
 The adapter only translates: request -> :class:`RequestInfo`, :class:`Reply` -> ASGI messages,
-and the peer's ``http.disconnect`` -> the end of the pump.
+and the peer's ``http.disconnect`` -> the end of the pump; a WebSocket's handshake ->
+:class:`WebSocketRequest`, and its messages to and from the runtime's socket.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ try:
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
+    from starlette.websockets import WebSocket
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.starlette needs Starlette: pip install 'watchroutes[starlette]'"
@@ -44,6 +50,7 @@ from .._core.params import Mode
 from .._runtime.hub import RequestInfo, Resource
 from .._runtime.reply import Reply, error_reply
 from .._runtime.stream import Disconnected, serve
+from .._runtime.websocket import WebSocketLimits, WebSocketRequest
 
 __all__ = [
     "ReplyResponse",
@@ -52,6 +59,7 @@ __all__ = [
     "request_info",
     "watch_endpoint",
     "watchable",
+    "websocket_endpoint",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,3 +224,98 @@ class _ListResponse(ReplyResponse):
 def error_response(exc: ClientError) -> Response:
     """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
     return ReplyResponse(error_reply(exc, Mode.LIST, retry_ms=0))
+
+
+#: Checks a WebSocket's credentials before any subscription opens: called with the socket and
+#: the bearer token it presented (``bearer.<token>`` subprotocol, ``Authorization: Bearer``, or
+#: ``access_token`` on the query; ``None`` without one). Raise ``Unauthorized`` (closes 4401)
+#: or ``Forbidden`` (4403) to refuse it.
+WebSocketAuthorize = Callable[[WebSocket, str | None], Awaitable[None] | None]
+
+
+class _Socket:
+    """A Starlette ``WebSocket`` as the runtime's socket."""
+
+    __slots__ = ("gone", "ws")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.gone = False
+
+    async def accept(self, subprotocol: str | None) -> None:
+        await self.ws.accept(subprotocol=subprotocol)
+
+    async def receive(self) -> str | bytes | None:
+        if self.gone:
+            return None
+        try:
+            message = await self.ws.receive()
+        except (RuntimeError, OSError):  # the socket was closed under us
+            message = {"type": "websocket.disconnect"}
+        if message["type"] != "websocket.receive":
+            self.gone = True
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send(self, text: str) -> None:
+        if self.gone:
+            raise Disconnected
+        try:
+            await self.ws.send({"type": "websocket.send", "text": text})
+        except (RuntimeError, OSError) as exc:  # uvicorn's ClientDisconnected is an OSError
+            self.gone = True
+            raise Disconnected from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.gone:
+            self.gone = True
+            await self.ws.send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def websocket_request(ws: WebSocket, key: str | None = None) -> WebSocketRequest:
+    """Translate a WebSocket handshake; ``key`` names the path parameter of an object route."""
+    headers = ws.headers
+    return WebSocketRequest(
+        query=ws.query_params.multi_items(),
+        subprotocols=tuple(ws.scope.get("subprotocols") or ()),
+        origin=headers.get("origin"),
+        host=headers.get("host"),
+        secure=ws.url.scheme == "wss",
+        key=None if key is None else str(ws.path_params[key]),
+        authorization=headers.get("authorization"),
+    )
+
+
+def websocket_endpoint(
+    resource: Resource,
+    *,
+    key: str | None = None,
+    authorize: WebSocketAuthorize | None = None,
+    limits: WebSocketLimits | None = None,
+) -> Callable[[WebSocket], Awaitable[None]]:
+    """A WebSocket endpoint serving watches of ``resource`` (DESIGN 4).
+
+    ``key`` names the path parameter of an object route (``/orders/{name}``); ``authorize``
+    checks credentials; ``limits`` overrides the per-socket limits and the ``Origin``
+    allow-list (default: the request's own origin).
+    """
+
+    async def endpoint(websocket: WebSocket) -> None:
+        check = None
+        if authorize is not None:
+
+            def check(token: str | None) -> Awaitable[None] | None:
+                return authorize(websocket, token)
+
+        await resource.hub.serve_websocket(
+            resource.name,
+            websocket_request(websocket, key),
+            _Socket(websocket),
+            authorize=check,
+            limits=limits,
+        )
+
+    return endpoint

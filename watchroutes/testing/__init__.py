@@ -12,6 +12,8 @@ from ._client import WatchClient as WatchClient
 from ._clock import FakeClock as FakeClock
 from ._sse import SSEMessage as SSEMessage
 from ._sse import SSEParser as SSEParser
+from ._websocket import TestWebSocket as TestWebSocket
+from ._websocket import WebSocketClosed as WebSocketClosed
 
 __all__ = (
     "FakeClock",
@@ -19,5 +21,7 @@ __all__ = (
     "SSEParser",
     "StreamResponse",
     "TestResponse",
+    "TestWebSocket",
     "WatchClient",
+    "WebSocketClosed",
 )

@@ -22,6 +22,7 @@ from anyio.abc import ObjectReceiveStream
 
 from ._asgi import Exchange, http_scope
 from ._sse import SSEMessage, SSEParser
+from ._websocket import TestWebSocket, WebSocketClosed, websocket_scope
 
 __all__ = ["StreamResponse", "TestResponse", "WatchClient"]
 
@@ -239,6 +240,44 @@ class WatchClient:
 
     async def delete(self, path: str, **kwargs: Any) -> TestResponse:
         return await self.request("DELETE", path, **kwargs)
+
+    @asynccontextmanager
+    async def websocket(
+        self,
+        path: str,
+        *,
+        params: Params = None,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] = ("watchroutes.v1",),
+    ) -> AsyncIterator[TestWebSocket]:
+        """Open a WebSocket and yield once the app accepted it; leaving the block closes it.
+
+        Raises :class:`WebSocketClosed` when the app closes before accepting.
+        """
+        http = self._scope("GET", path, params, headers)
+        scope = websocket_scope(
+            http["path"],
+            http["query_string"],
+            http["headers"],
+            list(subprotocols),
+            server=(self.host, 80),
+        )
+        socket = TestWebSocket()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(socket._run, self.app, scope)
+            await socket.accepted.wait()
+            try:
+                if socket.was_accepted:
+                    yield socket
+            finally:
+                if not socket.finished.is_set():
+                    await socket.close()
+                    with anyio.move_on_after(5):
+                        await socket.finished.wait()
+                tg.cancel_scope.cancel()
+                socket._dispose()
+        if not socket.was_accepted:
+            raise WebSocketClosed(socket.close_code or 1006, socket.close_reason)
 
     async def watch(
         self,

@@ -1,0 +1,235 @@
+"""The WebSocket protocol's rules (DESIGN 4), without I/O: the handshake, the ``Origin``
+check, inbound messages, the inbound rate limit, and the close codes.
+
+A runtime drives a socket with these: it negotiates with :func:`negotiate`, checks
+:func:`origin_allowed`, decodes every inbound message with :func:`decode_message` (a typed
+msgspec decoder: anything else is a :class:`ProtocolViolation`, which closes the socket with
+its code), and turns a ``watch`` message into the query of an ordinary watch request with
+:func:`watch_query`, so a WebSocket subscription is validated exactly as an HTTP watch is.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGES_PER_SECOND",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_SUBSCRIPTIONS",
+    "IMPLICIT_ID",
+    "MAX_ID_LENGTH",
+    "SUBPROTOCOL",
+    "CloseCode",
+    "Handshake",
+    "Message",
+    "ProtocolViolation",
+    "RateLimiter",
+    "UnwatchMessage",
+    "WatchMessage",
+    "decode_message",
+    "negotiate",
+    "origin_allowed",
+    "watch_query",
+]
+
+SUBPROTOCOL: Final = "watchroutes.v1"
+#: A second offered subprotocol ``bearer.<token>`` carries credentials (browsers cannot set
+#: an ``Authorization`` header on a WebSocket). It is never echoed back.
+BEARER_PREFIX: Final = "bearer."
+#: Inbound message size: a watch message is a few hundred bytes; 64 KiB leaves room for the
+#: longest selectors (2 x 4 KiB) many times over.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: Subscriptions on one socket: each holds a buffer of its own.
+DEFAULT_MAX_SUBSCRIPTIONS: Final = 100
+#: Inbound messages per second (a token bucket of this size, refilled at this rate): a
+#: client subscribes a handful of times per page, never in a loop.
+DEFAULT_MAX_MESSAGES_PER_SECOND: Final = 20
+#: The id of the subscription a socket opens from its URL's query.
+IMPLICIT_ID: Final = ""
+MAX_ID_LENGTH: Final = 256
+_MAX_REASON_BYTES: Final = 123  # RFC 6455 5.5: a control frame's payload is at most 125 bytes
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000  # timeoutSeconds passed
+    TOO_BIG = 1009  # an inbound message over the size limit
+    ERROR = 1011  # the watch failed on the server
+    RESTART = 1012  # the server is shutting down: resume elsewhere
+    SLOW = 4008  # past its buffer: resume from the last rv
+    INVALID = 4400  # an invalid message or handshake
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403  # credentials refused, or an Origin outside the allow-list
+    RATE = 4429  # too many inbound messages
+
+
+class ProtocolViolation(Exception):
+    """Ends the socket with ``code``; ``reason`` is shortened to fit a close frame."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        encoded = reason.encode()
+        if len(encoded) > _MAX_REASON_BYTES:
+            reason = encoded[: _MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Handshake(NamedTuple):
+    subprotocol: str | None  # to select in the accept, or None
+    token: str | None  # from a bearer.<token> subprotocol
+    refusal: ProtocolViolation | None  # close right after accepting
+
+
+def negotiate(offered: Sequence[str]) -> Handshake:
+    """Choose the subprotocol among those the client offered, and find its bearer token."""
+    speaks = False
+    token: str | None = None
+    for item in offered:
+        if item == SUBPROTOCOL:
+            speaks = True
+        elif item.startswith(BEARER_PREFIX) and token is None:
+            token = item[len(BEARER_PREFIX) :]
+    if offered and not speaks:
+        refusal = ProtocolViolation(
+            CloseCode.INVALID, f'unsupported subprotocol: offer "{SUBPROTOCOL}"'
+        )
+        return Handshake(None, token, refusal)
+    return Handshake(SUBPROTOCOL if speaks else None, token, None)
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin(scheme: str, authority: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(f"//{authority}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    scheme = scheme.lower()
+    if not host or scheme not in _DEFAULT_PORTS:
+        return None
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _parse_origin(text: str) -> tuple[str, str, int] | None:
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep or "/" in rest.rstrip("/"):
+        return None
+    return _origin(scheme, rest.rstrip("/"))
+
+
+def origin_allowed(
+    origin: str | None, *, host: str | None, secure: bool, allowed: Sequence[str] | None
+) -> bool:
+    """DESIGN 4: no ``Origin`` (not a browser) is allowed; one that is given must match an
+    entry of ``allowed`` by scheme, host and port (``"*"`` allows any), or, when ``allowed``
+    is ``None``, the request's own ``Host``."""
+    if origin is None:
+        return True
+    given = _parse_origin(origin)
+    if given is None:  # "null" (a sandboxed page, a file), or malformed
+        return False
+    if allowed is None:
+        return host is not None and given == _origin("https" if secure else "http", host)
+    return any(entry == "*" or _parse_origin(entry) == given for entry in allowed)
+
+
+class WatchMessage(
+    msgspec.Struct,
+    tag_field="op",
+    tag="watch",
+    forbid_unknown_fields=True,
+    rename="camel",
+    frozen=True,
+):
+    """``{"op": "watch", "id": ..., ...}``: a subscription, with the parameters of DESIGN 3.2."""
+
+    id: str
+    resource: str | None = None
+    key: str | None = None
+    label_selector: str | None = None
+    field_selector: str | None = None
+    resource_version: str | None = None
+    resource_version_match: str | None = None
+    send_initial_events: bool | None = None
+    allow_watch_bookmarks: bool | None = None
+
+
+class UnwatchMessage(
+    msgspec.Struct, tag_field="op", tag="unwatch", forbid_unknown_fields=True, frozen=True
+):
+    """``{"op": "unwatch", "id": ...}``: end a subscription, answered ``UNWATCHED``."""
+
+    id: str
+
+
+Message = WatchMessage | UnwatchMessage
+
+_decoder: Final[msgspec.json.Decoder[Message]] = msgspec.json.Decoder(Message)
+
+
+def decode_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """One inbound message, or a :class:`ProtocolViolation` saying what is wrong with it."""
+    if not isinstance(data, str):
+        raise ProtocolViolation(CloseCode.INVALID, "binary messages are not accepted; send text")
+    if len(data) > max_bytes or (4 * len(data) > max_bytes and len(data.encode()) > max_bytes):
+        raise ProtocolViolation(CloseCode.TOO_BIG, f"messages are limited to {max_bytes} bytes")
+    try:
+        message = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolViolation(CloseCode.INVALID, f"invalid message: {exc}") from None
+    except msgspec.DecodeError:
+        raise ProtocolViolation(CloseCode.INVALID, "invalid message: not JSON") from None
+    if len(message.id) > MAX_ID_LENGTH:
+        raise ProtocolViolation(
+            CloseCode.INVALID, f"invalid message: an id is at most {MAX_ID_LENGTH} characters"
+        )
+    return message
+
+
+def watch_query(message: WatchMessage) -> list[tuple[str, str]]:
+    """The message's parameters as query pairs, for the shared parameter rules."""
+    pairs: list[tuple[str, str]] = []
+    for name, value in (
+        ("labelSelector", message.label_selector),
+        ("fieldSelector", message.field_selector),
+        ("resourceVersion", message.resource_version),
+        ("resourceVersionMatch", message.resource_version_match),
+        ("sendInitialEvents", message.send_initial_events),
+        ("allowWatchBookmarks", message.allow_watch_bookmarks),
+    ):
+        if isinstance(value, bool):
+            pairs.append((name, "true" if value else "false"))
+        elif value is not None:
+            pairs.append((name, value))
+    return pairs
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` messages per second, in bursts of at most ``rate``."""
+
+    __slots__ = ("_last", "_tokens", "rate")
+
+    def __init__(self, rate: float, now: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self._tokens = rate
+        self._last = now
+
+    def allow(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        elapsed = max(0.0, now - self._last)
+        self._last = now
+        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

@@ -1,0 +1,387 @@
+"""WebSocket watches (DESIGN 4): several subscriptions on one socket, two tasks per socket.
+
+The reader decodes inbound messages and opens or ends subscriptions; the writer steps every
+subscription's :class:`WatchSession` and sends what they wrote, one envelope per text message,
+sleeping until a subscription wakes it or the next session deadline. Both share the hub's
+lock, the same sessions as SSE and JSON lines, and so the same cursor: a client can move
+between transports with the rv it last saw.
+
+The adapter supplies a :class:`Socket` (accept, receive, send, close) and a
+:class:`WebSocketRequest`; every rule lives here and in :mod:`watchroutes._core.websocket`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from .._core.errors import BadRequest, ClientError, Forbidden, NotFound, Unauthorized
+from .._core.events import Envelope, encode
+from .._core.params import parse_request
+from .._core.registry import CloseReason
+from .._core.session import WatchSession
+from .._core.websocket import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_MESSAGES_PER_SECOND,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    IMPLICIT_ID,
+    CloseCode,
+    ProtocolViolation,
+    RateLimiter,
+    UnwatchMessage,
+    decode_message,
+    negotiate,
+    origin_allowed,
+    watch_query,
+)
+from .._core.wire.websocket import WebSocketWire, control_message
+from .stream import Disconnected, open_session
+
+if TYPE_CHECKING:
+    from .hub import Hub, Resource
+
+__all__ = ["Authorize", "Socket", "WebSocketLimits", "WebSocketRequest", "serve_websocket"]
+
+logger = logging.getLogger("watchroutes")
+
+#: Checks a socket's credentials: receives the bearer token (from a ``bearer.<token>``
+#: subprotocol, an ``Authorization: Bearer`` header or an ``access_token`` query parameter, in
+#: that order; ``None`` when there is none) and raises ``Unauthorized`` (closes 4401) or
+#: ``Forbidden`` (4403) to refuse it.
+Authorize = Callable[[str | None], Awaitable[None] | None]
+
+
+class Socket(Protocol):
+    """What the runtime needs from a framework's WebSocket."""
+
+    async def accept(self, subprotocol: str | None) -> None: ...
+
+    async def receive(self) -> str | bytes | None:
+        """The next message (text or binary), or ``None`` once the peer has gone."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Send one text message; raise :class:`Disconnected` when the peer has gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class WebSocketRequest:
+    """A WebSocket handshake as an adapter read it."""
+
+    query: Sequence[tuple[str, str]]
+    subprotocols: Sequence[str] = ()
+    origin: str | None = None
+    host: str | None = None
+    secure: bool = False
+    key: str | None = None
+    authorization: str | None = None
+
+
+@dataclass(frozen=True)
+class WebSocketLimits:
+    """Per-socket limits (DESIGN 4), with the named defaults."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_messages_per_second: float = DEFAULT_MAX_MESSAGES_PER_SECOND
+    #: Allowed ``Origin`` values (``"https://app.example.com"``, or ``"*"``); ``None``: the
+    #: request's own origin only.
+    origins: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1 or self.max_subscriptions < 1:
+            raise ValueError("max_message_bytes and max_subscriptions must be at least 1")
+        if self.max_messages_per_second <= 0:
+            raise ValueError("max_messages_per_second must be positive")
+
+
+_CLOSE_FOR: dict[CloseReason, CloseCode] = {
+    CloseReason.SLOW: CloseCode.SLOW,
+    CloseReason.SHUTDOWN: CloseCode.RESTART,
+    CloseReason.TIMEOUT: CloseCode.NORMAL,
+    CloseReason.ERROR: CloseCode.ERROR,
+}
+
+
+def _token(request: WebSocketRequest, from_subprotocol: str | None) -> str | None:
+    if from_subprotocol is not None:
+        return from_subprotocol
+    header = request.authorization
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return next((value for name, value in request.query if name == "access_token"), None)
+
+
+async def serve_websocket(
+    hub: Hub,
+    res: Resource,
+    request: WebSocketRequest,
+    socket: Socket,
+    *,
+    authorize: Authorize | None = None,
+    limits: WebSocketLimits | None = None,
+) -> None:
+    """Run one WebSocket from its handshake to its close."""
+    limits = limits or WebSocketLimits()
+    handshake = negotiate(request.subprotocols)
+    await socket.accept(handshake.subprotocol)
+    try:
+        if handshake.refusal is not None:
+            raise handshake.refusal
+        if not origin_allowed(
+            request.origin, host=request.host, secure=request.secure, allowed=limits.origins
+        ):
+            raise ProtocolViolation(CloseCode.FORBIDDEN, "origin not allowed")
+        if authorize is not None:
+            try:
+                result = authorize(_token(request, handshake.token))
+                if inspect.isawaitable(result):
+                    await result
+            except Unauthorized as exc:
+                raise ProtocolViolation(CloseCode.UNAUTHORIZED, exc.message) from None
+            except Forbidden as exc:
+                raise ProtocolViolation(CloseCode.FORBIDDEN, exc.message) from None
+        if hub.closing:
+            raise ProtocolViolation(CloseCode.RESTART, "the server is shutting down")
+    except ProtocolViolation as exc:
+        await _close(socket, exc.code, exc.reason)
+        return
+    await _Connection(hub, res, request, socket, limits).run()
+
+
+async def _close(socket: Socket, code: int, reason: str) -> None:
+    try:
+        await socket.close(code, reason)
+    except Exception:  # the peer went first
+        logger.debug("closing a WebSocket that was already gone", exc_info=True)
+
+
+class _Connection:
+    """One accepted socket: its subscriptions, its reader and its writer."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        res: Resource,
+        request: WebSocketRequest,
+        socket: Socket,
+        limits: WebSocketLimits,
+    ) -> None:
+        self.hub = hub
+        self.res = res
+        self.request = request
+        self.socket = socket
+        self.limits = limits
+        self.sessions: dict[str, WatchSession] = {}
+        self.outbox: deque[bytes] = deque()  # messages that are no event: errors, UNWATCHED
+        self.event = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+        self.close_code: tuple[int, str] | None = None
+        self._cancelled = False
+        self._finished = False
+
+    # -- the hub's view -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self.event.set()
+
+    def on_shutdown(self) -> None:
+        self.wake()  # a socket without subscriptions learns of the shutdown here
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        hub = self.hub
+        hub._track(self)
+        try:
+            await self._open(IMPLICIT_ID, self.res, self.request.query, self.request.key)
+            with anyio.CancelScope() as scope:
+                self.scope = scope
+                if self._cancelled:
+                    scope.cancel()
+                async with anyio.create_task_group() as tg:
+
+                    async def reader() -> None:
+                        await self._read()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(reader)
+                    await self._write()
+                    tg.cancel_scope.cancel()
+            if self.close_code is None and self._cancelled:
+                self.close_code = (CloseCode.RESTART, "the server is shutting down")
+            if self.close_code is not None:
+                code, reason = self.close_code
+                with anyio.move_on_after(hub.write_timeout, shield=True):
+                    await _close(self.socket, code, reason)
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        with self.hub._lock:
+            for session in self.sessions.values():
+                if not session.closed:
+                    session.close(CloseReason.CLIENT)
+                self.hub.state.close_watch(session.subscription, CloseReason.CLIENT)
+        self.sessions.clear()
+        self.hub._untrack(self)
+
+    async def _open(
+        self, sub_id: str, res: Resource, query: Sequence[tuple[str, str]], key: str | None
+    ) -> None:
+        """Open a subscription, or queue its ERROR envelope."""
+        try:
+            parsed = parse_request(query, websocket=True, key=key)
+            wire = WebSocketWire(
+                res.kind, res.api_version, sub_id, bookmarks=parsed.allow_watch_bookmarks
+            )
+            end_at = self.hub.end_at(parsed.timeout_seconds) if sub_id == IMPLICIT_ID else None
+            session = await open_session(self.hub, res, parsed, wire, end_at=end_at)
+        except ClientError as exc:
+            self._error(sub_id, exc)
+            return
+        session.subscription.waker = self.wake
+        self.sessions[sub_id] = session
+        self.wake()
+
+    def _error(self, sub_id: str, exc: ClientError) -> None:
+        envelope = encode(Envelope(type="ERROR", object=exc.status()))
+        self.outbox.append(b'{"id":' + encode(sub_id) + b"," + envelope[1:])
+        self.wake()
+
+    async def _read(self) -> None:
+        clock = self.hub.clock
+        limits = self.limits
+        limiter = RateLimiter(limits.max_messages_per_second, clock.now())
+        try:
+            while True:
+                data = await self.socket.receive()
+                if data is None:
+                    return
+                if not limiter.allow(clock.now()):
+                    raise ProtocolViolation(
+                        CloseCode.RATE,
+                        f"more than {limits.max_messages_per_second:g} messages per second",
+                    )
+                message = decode_message(data, max_bytes=limits.max_message_bytes)
+                if isinstance(message, UnwatchMessage):
+                    self._unwatch(message.id)
+                    continue
+                sub_id = message.id
+                if sub_id in self.sessions:
+                    self._error(
+                        sub_id, BadRequest(f"subscription id {sub_id[:100]!r} is already in use")
+                    )
+                    continue
+                if len(self.sessions) >= limits.max_subscriptions:
+                    self._error(
+                        sub_id,
+                        BadRequest(f"at most {limits.max_subscriptions} subscriptions per socket"),
+                    )
+                    continue
+                try:
+                    res = self.res if message.resource is None else self._resource(message.resource)
+                except ClientError as exc:
+                    self._error(sub_id, exc)
+                    continue
+                await self._open(sub_id, res, watch_query(message), message.key)
+        except ProtocolViolation as exc:
+            self.close_code = (exc.code, exc.reason)
+
+    def _resource(self, name: str) -> Resource:
+        try:
+            return self.hub._resource(name)
+        except NotFound:
+            raise NotFound(f"no watchable resource {name[:100]!r}") from None
+
+    def _unwatch(self, sub_id: str) -> None:
+        session = self.sessions.pop(sub_id, None)
+        if session is None:
+            self._error(sub_id, NotFound(f"no subscription {sub_id[:100]!r} on this socket"))
+            return
+        with self.hub._lock:
+            session.close(CloseReason.CLIENT)
+            self.hub.state.close_watch(session.subscription, CloseReason.CLIENT)
+        self.outbox.append(control_message(sub_id, "UNWATCHED"))
+        self.wake()
+
+    async def _write(self) -> None:
+        hub = self.hub
+        clock = hub.clock
+        lock = hub._lock
+        state = hub.state
+        socket = self.socket
+        write_timeout = hub.write_timeout
+        outbox = self.outbox
+        sessions = self.sessions
+        while True:
+            if self.event.is_set():
+                self.event = anyio.Event()
+            messages: list[bytes] = []
+            ended: CloseReason | None = None
+            ready = False
+            with lock:
+                now = clock.now()
+                head = state.head
+                while outbox:
+                    messages.append(outbox.popleft())
+                for sub_id, session in list(sessions.items()):
+                    data = session.step(now, head)
+                    if data:
+                        messages.extend(data.split(b"\n")[:-1])
+                    if session.closed:
+                        reason = session.close_reason or CloseReason.TIMEOUT
+                        del sessions[sub_id]
+                        state.close_watch(session.subscription, reason)
+                        if reason is not CloseReason.TIMEOUT or sub_id == IMPLICIT_ID:
+                            ended = reason if ended is None else ended
+                    elif session.ready:
+                        ready = True
+                closing = state.closing
+            try:
+                for message in messages:
+                    with anyio.fail_after(write_timeout):
+                        await socket.send(message.decode())
+            except TimeoutError:
+                logger.info("WebSocket write timed out")
+                return
+            except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            if ended is not None:
+                code = _CLOSE_FOR.get(ended, CloseCode.NORMAL)
+                self.close_code = (code, _REASONS[code])
+                return
+            if closing and not sessions:
+                self.close_code = (CloseCode.RESTART, _REASONS[CloseCode.RESTART])
+                return
+            if ready:
+                await anyio.lowlevel.checkpoint()
+                continue
+            deadlines = [d for s in sessions.values() if (d := s.deadline()) is not None]
+            await clock.wait(self.event, min(deadlines) if deadlines else None)
+
+
+_REASONS: dict[int, str] = {
+    CloseCode.NORMAL: "timeoutSeconds passed",
+    CloseCode.SLOW: "slow consumer: resume from the last resourceVersion",
+    CloseCode.RESTART: "the server is shutting down",
+    CloseCode.ERROR: "the watch failed",
+}
