@@ -25,7 +25,7 @@ import anyio.lowlevel
 from .._core.errors import BadRequest, ClientError, Forbidden, NotFound, Unauthorized
 from .._core.events import Envelope, encode
 from .._core.params import parse_request
-from .._core.registry import CloseReason
+from .._core.registry import CloseReason, Subscription
 from .._core.session import WatchSession
 from .._core.websocket import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -189,11 +189,22 @@ class _Connection:
         self.close_code: tuple[int, str] | None = None
         self._cancelled = False
         self._finished = False
+        self._sending: anyio.CancelScope | None = None
 
     # -- the hub's view -------------------------------------------------------------------
 
     def wake(self) -> None:
         self.event.set()
+
+    def _waker(self, sub: Subscription) -> Callable[[], None]:
+        def woken() -> None:
+            self.event.set()
+            if sub.closed is not None and self._sending is not None:
+                # closed (slow, shutdown) while a write is stuck behind a peer that does not
+                # read: give up that write and close the socket now
+                self._sending.cancel()
+
+        return woken
 
     def on_shutdown(self) -> None:
         self.wake()  # a socket without subscriptions learns of the shutdown here
@@ -258,7 +269,7 @@ class _Connection:
         except ClientError as exc:
             self._error(sub_id, exc)
             return
-        session.subscription.waker = self.wake
+        session.subscription.waker = self._waker(session.subscription)
         self.sessions[sub_id] = session
         self.wake()
 
@@ -357,14 +368,21 @@ class _Connection:
                         ready = True
                 closing = state.closing
             try:
-                for message in messages:
-                    with anyio.fail_after(write_timeout):
-                        await socket.send(message.decode())
+                with anyio.CancelScope() as sending:
+                    self._sending = sending
+                    for message in messages:
+                        with anyio.fail_after(write_timeout):
+                            await socket.send(message.decode())
             except TimeoutError:
                 logger.info("WebSocket write timed out")
+                self.close_code = (CloseCode.SLOW, _REASONS[CloseCode.SLOW])
                 return
             except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
+            finally:
+                self._sending = None
+            if sending.cancelled_caught:
+                continue  # a subscription closed: the next round ends the socket
             if ended is not None:
                 code = _CLOSE_FOR.get(ended, CloseCode.NORMAL)
                 self.close_code = (code, _REASONS[code])
