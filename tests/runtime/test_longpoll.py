@@ -87,3 +87,13 @@ async def test_expired_is_410_and_bad_limit_is_400() -> None:
     bad = await client.get("/orders", params={**POLL, "limit": "0"})
     assert bad.status == 400
     assert bad.json()["message"].startswith("limit: ")
+
+
+async def test_timeout_zero_answers_at_once() -> None:
+    _, orders, client = setup()
+    first = await poll(client)
+    body = await poll(client, resourceVersion=first["resourceVersion"], timeoutSeconds="0")
+    assert body == {"events": [], "resourceVersion": first["resourceVersion"]}
+    orders.create({"metadata": {"name": "a"}})
+    body = await poll(client, resourceVersion=first["resourceVersion"], timeoutSeconds="0")
+    assert [e["type"] for e in body["events"]] == ["ADDED"]

@@ -41,7 +41,9 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
         frames = opening.replay
         rv = opening.head
         if not frames:
-            seconds = float(parsed.timeout_seconds or DEFAULT_LONGPOLL_SECONDS)
+            # timeoutSeconds=0 asks "what changed since rv?" without waiting
+            timeout = parsed.timeout_seconds
+            seconds = DEFAULT_LONGPOLL_SECONDS if timeout is None else float(timeout)
             deadline = clock.now() + min(seconds, hub.max_watch_seconds)
             event = anyio.Event()
             sub.waker = event.set
