@@ -37,6 +37,8 @@ from ._runtime.hub import HubStatistics as HubStatistics
 from ._runtime.hub import RequestInfo as RequestInfo
 from ._runtime.hub import Resource as Resource
 from ._runtime.reply import Reply as Reply
+from ._runtime.websocket import WebSocketLimits as WebSocketLimits
+from ._runtime.websocket import WebSocketRequest as WebSocketRequest
 
 __version__ = "0.1.0"
 
@@ -70,5 +72,7 @@ __all__ = (
     "UnsupportedMediaType",
     "UsageError",
     "WatchError",
+    "WebSocketLimits",
+    "WebSocketRequest",
     "encode_event",
 )

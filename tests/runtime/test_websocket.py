@@ -13,8 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from watchroutes import Forbidden, Hub, Resource, Unauthorized
-from watchroutes._runtime.websocket import WebSocketLimits
+from watchroutes import Forbidden, Hub, Resource, Unauthorized, WebSocketLimits
 from watchroutes.adapters.starlette import watch_endpoint, websocket_endpoint
 from watchroutes.testing import FakeClock, TestWebSocket, WatchClient, WebSocketClosed
 

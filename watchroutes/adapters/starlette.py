@@ -54,12 +54,14 @@ from .._runtime.websocket import WebSocketLimits, WebSocketRequest
 
 __all__ = [
     "ReplyResponse",
+    "WebSocketAuthorize",
     "error_response",
     "list_response",
     "request_info",
     "watch_endpoint",
     "watchable",
     "websocket_endpoint",
+    "websocket_request",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
