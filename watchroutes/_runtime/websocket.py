@@ -23,7 +23,6 @@ import anyio
 import anyio.lowlevel
 
 from .._core.errors import BadRequest, ClientError, Forbidden, NotFound, Unauthorized
-from .._core.events import Envelope, encode
 from .._core.params import parse_request
 from .._core.registry import CloseReason, Subscription
 from .._core.session import WatchSession
@@ -41,7 +40,7 @@ from .._core.websocket import (
     origin_allowed,
     watch_query,
 )
-from .._core.wire.websocket import WebSocketWire, control_message
+from .._core.wire.websocket import WebSocketWire, control_message, error_message
 from .stream import Disconnected, open_session
 
 if TYPE_CHECKING:
@@ -274,8 +273,7 @@ class _Connection:
         self.wake()
 
     def _error(self, sub_id: str, exc: ClientError) -> None:
-        envelope = encode(Envelope(type="ERROR", object=exc.status()))
-        self.outbox.append(b'{"id":' + encode(sub_id) + b"," + envelope[1:])
+        self.outbox.append(error_message(sub_id, exc.status()))
         self.wake()
 
     async def _read(self) -> None:

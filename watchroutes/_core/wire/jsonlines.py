@@ -30,9 +30,13 @@ class JsonLinesWire:
         self.api_version = api_version
         self.bookmarks = bookmarks
 
+    def _wrap(self, envelope: bytes) -> bytes:
+        """One encoded envelope as this format writes it."""
+        return envelope + b"\n"
+
     def _bookmark(self, rv: int, initial_end: bool) -> bytes:
         body = bookmark_object(self.kind, self.api_version, rv, initial_end=initial_end)
-        return encode(Envelope("BOOKMARK", body, str(rv))) + b"\n"
+        return self._wrap(encode(Envelope("BOOKMARK", body, str(rv))))
 
     def preamble(self) -> bytes:
         return b""
@@ -53,7 +57,7 @@ class JsonLinesWire:
         return self._bookmark(rv, False) if self.bookmarks else b""
 
     def reset(self) -> bytes:  # pragma: no cover - JSON lines answers Expired, never RESET
-        raise NotImplementedError("JSON lines has no RESET; an expired rv is an ERROR event")
+        raise NotImplementedError("no RESET here; an expired rv is an ERROR event")
 
     def error(self, status: Status) -> bytes:
-        return status_envelope(status) + b"\n"
+        return self._wrap(status_envelope(status))

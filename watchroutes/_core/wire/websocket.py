@@ -9,14 +9,11 @@ writes nothing unless the client asked for bookmarks.
 
 from __future__ import annotations
 
-from typing import Final
-
 from ..errors import Status
-from ..events import Envelope, Frame, bookmark_object, encode
+from ..events import Frame, encode, status_envelope
+from .jsonlines import JsonLinesWire
 
-__all__ = ["WebSocketWire", "control_message"]
-
-MEDIA_TYPE: Final = "application/json"
+__all__ = ["WebSocketWire", "control_message", "error_message"]
 
 
 def _prefix(sub_id: str) -> bytes:
@@ -28,46 +25,24 @@ def control_message(sub_id: str, type: str) -> bytes:  # noqa: A002
     return _prefix(sub_id) + b'"type":' + encode(type) + b"}"
 
 
-class WebSocketWire:
-    """The framing of one subscription on a socket."""
+def error_message(sub_id: str, status: Status) -> bytes:
+    """The ``ERROR`` envelope of a subscription that could not open (the socket stays)."""
+    return _prefix(sub_id) + status_envelope(status)[1:]
 
-    media_type = MEDIA_TYPE
-    __slots__ = ("api_version", "bookmarks", "kind", "prefix")
+
+class WebSocketWire(JsonLinesWire):
+    """The framing of one subscription on a socket: JSON lines with the id up front (the
+    runtime sends each line as one text message)."""
+
+    __slots__ = ("prefix",)
 
     def __init__(self, kind: str, api_version: str, sub_id: str, *, bookmarks: bool) -> None:
-        self.kind = kind
-        self.api_version = api_version
-        self.bookmarks = bookmarks
+        super().__init__(kind, api_version, bookmarks=bookmarks)
         self.prefix = _prefix(sub_id)
 
-    def _message(self, envelope: bytes) -> bytes:
+    def _wrap(self, envelope: bytes) -> bytes:
         # envelope is b'{"type":...}': keep everything after its opening brace.
         return b"".join((self.prefix, memoryview(envelope)[1:], b"\n"))
 
-    def _bookmark(self, rv: int, initial_end: bool) -> bytes:
-        body = bookmark_object(self.kind, self.api_version, rv, initial_end=initial_end)
-        return self._message(encode(Envelope("BOOKMARK", body, str(rv))))
-
-    def preamble(self) -> bytes:
-        return b""
-
     def frame(self, frame: Frame) -> bytes:
-        return self._message(frame.json())
-
-    def start(self, rv: int) -> bytes:
-        return b""
-
-    def initial_end(self, rv: int) -> bytes:
-        return self._bookmark(rv, True) if self.bookmarks else b""
-
-    def bookmark(self, rv: int) -> bytes:
-        return self._bookmark(rv, False) if self.bookmarks else b""
-
-    def heartbeat(self, rv: int) -> bytes:
-        return self._bookmark(rv, False) if self.bookmarks else b""
-
-    def reset(self) -> bytes:  # pragma: no cover - an expired rv is an ERROR envelope here
-        raise NotImplementedError("WebSocket has no RESET; an expired rv is an ERROR envelope")
-
-    def error(self, status: Status) -> bytes:
-        return self._message(encode(Envelope(type="ERROR", object=status)))
+        return self._wrap(frame.json())
