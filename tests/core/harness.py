@@ -9,6 +9,7 @@ from typing import Any
 
 from watchroutes._core.events import EventType
 from watchroutes._core.params import parse_request
+from watchroutes._core.registry import SlowConsumerPolicy
 from watchroutes._core.session import WatchSession
 from watchroutes._core.state import HubState, Opening, StateSource
 from watchroutes._core.wire import Wire
@@ -53,6 +54,7 @@ class Core:
         heartbeat: float = 15.0,
         end_at: float | None = None,
         source: StateSource = StateSource.CACHE,
+        policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
     ) -> Watcher:
         params = dict(query or {})
         if not sse:
@@ -63,7 +65,9 @@ class Core:
             last_event_id=last_event_id,
             key=key,
         )
-        opening = self.state.open_watch("orders", request, source=source, buffer=self.buffer)
+        opening = self.state.open_watch(
+            "orders", request, source=source, buffer=self.buffer, policy=policy
+        )
         wire: Wire = (
             SseWire("Order", "v1")
             if sse

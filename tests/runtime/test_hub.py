@@ -363,3 +363,11 @@ async def test_without_state_a_watch_starts_at_the_head(clock: FakeClock) -> Non
     refused = await client.get("/orders", params={"watch": "1", "sendInitialEvents": "true"})
     assert refused.status == 400
     assert refused.json()["message"].startswith("sendInitialEvents: ")
+
+
+def test_slow_consumer_policy_per_resource() -> None:
+    hub = Hub()
+    assert hub.resource("orders").slow_consumer == "disconnect"
+    assert hub.resource("ticks", slow_consumer="coalesce").slow_consumer == "coalesce"
+    with pytest.raises(UsageError, match="'disconnect' or 'coalesce'"):
+        hub.resource("bad", slow_consumer="drop")

@@ -4,9 +4,16 @@ A publish visits only the subscriptions that can match it (see :class:`Registry`
 the selector transition (DESIGN 3.2) decides whether the entry is sent, and as which type; the
 frame for that type is shared by every subscriber, so bytes are encoded once per event.
 
-Every buffer is bounded. A subscriber past its buffer is closed with ``SLOW`` under the
-default ``disconnect`` policy: its stream ends and the client resumes exactly from the last rv
-it received. A publisher never waits for a watcher.
+Every buffer is bounded, and a publisher never waits for a watcher. Past its buffer, a
+subscriber is handled by its slow-consumer policy (DESIGN 5.3):
+
+- ``disconnect`` (the default): it is closed with ``SLOW``; its stream ends and the client
+  resumes exactly from the last rv it received.
+- ``coalesce``: the buffer is an ordered map by key. A newer event for a queued key replaces
+  it and moves to the tail, so rvs stay ascending and a client that applies events as upserts
+  and removals ends with the exact state (it may miss intermediate versions, and may see
+  ``MODIFIED``/``DELETED`` for a key whose ``ADDED`` was coalesced away). Past ``buffer``
+  distinct keys it is closed with ``SLOW``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ _K = TypeVar("_K")
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "CloseReason",
+    "SlowConsumerPolicy",
     "Registry",
     "Subscription",
     "SubscriptionStatistics",
@@ -44,11 +52,17 @@ class CloseReason(enum.StrEnum):
     ERROR = "error"  # the stream failed (write error, write timeout, expired)
 
 
+class SlowConsumerPolicy(enum.StrEnum):
+    DISCONNECT = "disconnect"
+    COALESCE = "coalesce"
+
+
 class SubscriptionStatistics(NamedTuple):
     buffered: int
     max_buffer: int
     high_water: int
     delivered: int
+    coalesced: int
 
 
 def transition(flt: Filter, entry: Entry) -> EventType | None:
@@ -75,7 +89,9 @@ class Subscription:
 
     __slots__ = (
         "_buffer",
+        "_latest",
         "closed",
+        "coalesced",
         "delivered",
         "filter",
         "high_water",
@@ -86,7 +102,14 @@ class Subscription:
         "waker",
     )
 
-    def __init__(self, sid: int, resource: str, flt: Filter, max_buffer: int) -> None:
+    def __init__(
+        self,
+        sid: int,
+        resource: str,
+        flt: Filter,
+        max_buffer: int,
+        policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
+    ) -> None:
         if max_buffer < 1:
             raise ValueError("max_buffer must be at least 1")
         self.id = sid
@@ -94,35 +117,62 @@ class Subscription:
         self.filter = flt
         self.max_buffer = max_buffer
         self._buffer: deque[Frame] = deque()
+        #: Under ``coalesce``: the queued frame of each key, oldest first (else ``None``).
+        self._latest: dict[str, Frame] | None = (
+            {} if policy is SlowConsumerPolicy.COALESCE else None
+        )
         self.closed: CloseReason | None = None
         self.high_water = 0
         self.delivered = 0
+        self.coalesced = 0
         #: The term the registry files it under (``None``: scanned on every publish).
         self.index_term: IndexTerm | None = None
         #: Called (in the hub's thread) whenever the subscription has something new to do.
         self.waker: Callable[[], None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._buffer)
+    @property
+    def policy(self) -> SlowConsumerPolicy:
+        if self._latest is None:
+            return SlowConsumerPolicy.DISCONNECT
+        return SlowConsumerPolicy.COALESCE
 
-    def offer(self, frame: Frame) -> None:
+    def __len__(self) -> int:
+        latest = self._latest
+        return len(self._buffer) if latest is None else len(latest)
+
+    def offer(self, frame: Frame, key: str = "") -> None:
         if self.closed is not None:
             return
-        buffer = self._buffer
-        if len(buffer) >= self.max_buffer:
-            self.close(CloseReason.SLOW)
-            return
-        buffer.append(frame)
-        if len(buffer) > self.high_water:
-            self.high_water = len(buffer)
+        latest = self._latest
+        if latest is None:
+            buffer = self._buffer
+            if len(buffer) >= self.max_buffer:
+                self.close(CloseReason.SLOW)
+                return
+            buffer.append(frame)
+            size = len(buffer)
+        else:
+            if latest.pop(key, None) is not None:
+                self.coalesced += 1
+            elif len(latest) >= self.max_buffer:
+                self.close(CloseReason.SLOW)
+                return
+            latest[key] = frame
+            size = len(latest)
+        if size > self.high_water:
+            self.high_water = size
         if self.waker is not None:
             self.waker()
 
     def drain(self) -> list[Frame]:
         """Everything queued, oldest first."""
-        buffer = self._buffer
-        frames = list(buffer)
-        buffer.clear()
+        latest = self._latest
+        if latest is None:
+            frames = list(self._buffer)
+            self._buffer.clear()
+        else:
+            frames = list(latest.values())
+            latest.clear()
         self.delivered += len(frames)
         return frames
 
@@ -133,12 +183,14 @@ class Subscription:
         self.closed = reason
         if reason is CloseReason.SLOW:
             self._buffer.clear()
+            if self._latest is not None:
+                self._latest.clear()
         if self.waker is not None:
             self.waker()
 
     def statistics(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
-            len(self._buffer), self.max_buffer, self.high_water, self.delivered
+            len(self), self.max_buffer, self.high_water, self.delivered, self.coalesced
         )
 
     def __repr__(self) -> str:
@@ -168,9 +220,15 @@ class Registry:
     def __len__(self) -> int:
         return sum(map(len, self._scanned.values())) + sum(self._indexed.values())
 
-    def subscribe(self, resource: str, flt: Filter, max_buffer: int) -> Subscription:
+    def subscribe(
+        self,
+        resource: str,
+        flt: Filter,
+        max_buffer: int,
+        policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
+    ) -> Subscription:
         self._next_id += 1
-        sub = Subscription(self._next_id, resource, flt, max_buffer)
+        sub = Subscription(self._next_id, resource, flt, max_buffer, policy)
         if flt.index_terms:
             terms = self._terms
             term = min(flt.index_terms, key=lambda t: len(terms.get((resource, t), ())))
@@ -214,7 +272,7 @@ class Registry:
         for sub in self.candidates(entry):
             as_type = transition(sub.filter, entry)
             if as_type is not None:
-                sub.offer(entry.frame(as_type))
+                sub.offer(entry.frame(as_type), entry.key)
                 count += 1
         return count
 

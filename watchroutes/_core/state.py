@@ -28,7 +28,14 @@ from .errors import (
 from .events import Entry, EventType, Frame
 from .log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS, ResourceLog
 from .params import Mode, WatchRequest
-from .registry import DEFAULT_BUFFER_SIZE, CloseReason, Registry, Subscription, transition
+from .registry import (
+    DEFAULT_BUFFER_SIZE,
+    CloseReason,
+    Registry,
+    SlowConsumerPolicy,
+    Subscription,
+    transition,
+)
 from .selectors import Filter
 from .versions import VersionClock
 
@@ -216,6 +223,7 @@ class HubState:
         *,
         source: StateSource,
         buffer: int = DEFAULT_BUFFER_SIZE,
+        policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
     ) -> Opening:
         """Validate the start point and register a subscription at the current head.
 
@@ -256,7 +264,7 @@ class HubState:
             # The callback's objects carry no id, so a browser that drops before the end
             # bookmark comes back without Last-Event-ID: RESET makes it drop what it had.
             reset = True
-        sub = self.registry.subscribe(resource, flt, buffer)
+        sub = self.registry.subscribe(resource, flt, buffer, policy)
         frames: list[Frame] | None = None
         if initial:
             frames = []

@@ -35,7 +35,7 @@ from .._core.events import Entry, EventType, Frame
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.objects import merge_patch, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
-from .._core.registry import DEFAULT_BUFFER_SIZE
+from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
 from .._core.session import DEFAULT_HEARTBEAT
 from .._core.state import DEFAULT_MAX_OBJECT_BYTES, HubState, StateSource, object_key
@@ -109,8 +109,10 @@ class Resource:
         api_version: str,
         snapshot: Snapshot | None,
         cache: bool,
+        slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
     ) -> None:
         self.hub = hub
+        self.slow_consumer = slow_consumer
         self.name = name
         self.kind = kind
         self.api_version = api_version
@@ -205,16 +207,31 @@ class Hub:
         cache: bool = True,
         retention_events: int | None = None,
         retention_seconds: float | None = None,
+        slow_consumer: str = "disconnect",
     ) -> Resource:
         """Register a watchable resource. ``kind`` defaults to the name, singular-cased
-        (``orders`` -> ``Order``); ``snapshot`` replaces the watch cache as state source."""
+        (``orders`` -> ``Order``); ``snapshot`` replaces the watch cache as state source;
+        ``slow_consumer`` is the policy for a watcher past its buffer: ``"disconnect"`` (it
+        resumes) or ``"coalesce"`` (newer events replace queued ones of the same key)."""
         if not name or "/" in name:
             raise UsageError("a resource name is a non-empty string without '/'")
+        try:
+            policy = SlowConsumerPolicy(slow_consumer)
+        except ValueError:
+            raise UsageError(
+                f"slow_consumer must be 'disconnect' or 'coalesce', not {slow_consumer!r}"
+            ) from None
         with self._lock:
             self.state.add_resource(name, max_events=retention_events, max_age=retention_seconds)
             kind = kind or (name[:-1] if name.endswith("s") else name).capitalize()
             res = Resource(
-                self, name, kind=kind, api_version=api_version, snapshot=snapshot, cache=cache
+                self,
+                name,
+                kind=kind,
+                api_version=api_version,
+                snapshot=snapshot,
+                cache=cache,
+                slow_consumer=policy,
             )
             self.resources[name] = res
             return res

@@ -29,7 +29,9 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
 
     clock = hub.clock
     with hub._lock:
-        opening = hub.state.open_watch(res.name, parsed, source=res.source, buffer=hub.buffer)
+        opening = hub.state.open_watch(
+            res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
+        )
     sub = opening.subscription
     headers = list(JSON_HEADERS)
     try:

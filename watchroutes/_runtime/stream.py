@@ -152,7 +152,9 @@ async def open_session(
     """Register a watch and build its session; raises ``Expired`` and the other client errors
     of opening a watch (DESIGN 3.2)."""
     with hub._lock:
-        opening = hub.state.open_watch(res.name, parsed, source=res.source, buffer=hub.buffer)
+        opening = hub.state.open_watch(
+            res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
+        )
     sub = opening.subscription
     initial = opening.initial
     if opening.needs_snapshot:
