@@ -17,6 +17,7 @@ from watchroutes import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from watchroutes.prometheus import PrometheusMetrics
 
 PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
 MAX_BODY = 1024 * 1024
@@ -38,7 +39,7 @@ class Settings:
 def make_hub(settings: Settings) -> tuple[Hub, Resource]:
     if settings.backend not in (None, "", "memory", "memory://"):
         raise SystemExit(f"backend {settings.backend!r} is not available in this version")
-    hub = Hub(heartbeat=settings.heartbeat, buffer=settings.buffer)
+    hub = Hub(heartbeat=settings.heartbeat, buffer=settings.buffer, metrics=PrometheusMetrics())
     orders = hub.resource("orders", kind="Order", retention_events=settings.retention)
     if settings.seed:
         orders.seed(demo_orders(settings.seed))
@@ -95,15 +96,10 @@ def decode_body(body: bytes, content_type: str | None, *, patch: bool = False) -
 
 
 def metrics_text(hub: Hub) -> bytes:
+    """The hub's Prometheus metrics, and two gauges of its state."""
+    assert isinstance(hub.metrics, PrometheusMetrics)
     stats = hub.statistics()
     rows = [
-        ("watchroutes_active_watches", "gauge", "Watch streams open now.", stats.active_watches),
-        (
-            "watchroutes_events_published_total",
-            "counter",
-            "Events published to the hub.",
-            stats.events_published,
-        ),
         (
             "watchroutes_cached_objects",
             "gauge",
@@ -111,13 +107,13 @@ def metrics_text(hub: Hub) -> bytes:
             stats.cached_objects,
         ),
         (
-            "watchroutes_events_evicted_young_total",
-            "counter",
-            "Events evicted while younger than two heartbeat intervals.",
+            "watchroutes_events_evicted_young",
+            "gauge",
+            "Events evicted from the log while younger than two heartbeat intervals.",
             stats.evicted_young,
         ),
     ]
     lines = []
     for name, kind, help_text, value in rows:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return ("\n".join(lines) + "\n").encode()
+    return hub.metrics.exposition() + ("\n".join(lines) + "\n").encode()

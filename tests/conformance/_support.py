@@ -420,10 +420,15 @@ class Server:
     def metric(self, name: str) -> float:
         response = self.client.get("/metrics")
         assert response.status_code == 200
+        declared = False
+        total = 0.0
         for line in response.text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError(f"{name} not in /metrics:\n{response.text}")
+            if line.startswith((f"# TYPE {name} ", f"# TYPE {name.removesuffix('_total')} ")):
+                declared = True
+            elif line.startswith((name + " ", name + "{")):
+                total += float(line.rsplit(" ", 1)[1])
+        assert declared, f"{name} not in /metrics:\n{response.text}"
+        return total  # every labelled series together
 
     # -- streams -----------------------------------------------------------------------------
 

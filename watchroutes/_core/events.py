@@ -77,12 +77,14 @@ class Frame:
     app snapshot callback): they are written without an SSE ``id:`` line.
     """
 
-    __slots__ = ("_json", "_line", "_sse", "object", "rv", "type")
+    __slots__ = ("_json", "_line", "_sse", "object", "rv", "time", "type")
 
     def __init__(self, type: EventType, object: Any, rv: int | None) -> None:  # noqa: A002
         self.type = type
         self.object = object
         self.rv = rv
+        #: The runtime's monotonic clock when the event was published (0.0: not a live event).
+        self.time = 0.0
         self._json: bytes | None = None
         self._line: bytes | None = None
         self._sse: bytes | None = None
@@ -170,6 +172,7 @@ class Entry:
             if as_type is EventType.DELETED and self.type is not EventType.DELETED:
                 obj = _stamped(self.prev, self.rv)
             frame = self._frames[as_type] = Frame(as_type, obj, self.rv)
+            frame.time = self.time
         return frame
 
     def __repr__(self) -> str:

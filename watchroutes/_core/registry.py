@@ -93,6 +93,7 @@ class Subscription:
         "closed",
         "coalesced",
         "delivered",
+        "dropped",
         "filter",
         "high_water",
         "id",
@@ -125,6 +126,7 @@ class Subscription:
         self.high_water = 0
         self.delivered = 0
         self.coalesced = 0
+        self.dropped = 0  # frames discarded when it was closed as a slow consumer
         #: The term the registry files it under (``None``: scanned on every publish).
         self.index_term: IndexTerm | None = None
         #: Called (in the hub's thread) whenever the subscription has something new to do.
@@ -164,6 +166,13 @@ class Subscription:
         if self.waker is not None:
             self.waker()
 
+    def oldest_time(self) -> float | None:
+        """The publish time of the oldest queued frame (``None`` when nothing is queued)."""
+        latest = self._latest
+        if latest is None:
+            return self._buffer[0].time if self._buffer else None
+        return next(iter(latest.values())).time if latest else None
+
     def drain(self) -> list[Frame]:
         """Everything queued, oldest first."""
         latest = self._latest
@@ -182,6 +191,7 @@ class Subscription:
             return
         self.closed = reason
         if reason is CloseReason.SLOW:
+            self.dropped += len(self)
             self._buffer.clear()
             if self._latest is not None:
                 self._latest.clear()

@@ -33,6 +33,7 @@ from .._core.errors import (
 )
 from .._core.events import Entry, EventType, Frame
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
+from .._core.metrics import Metrics, NullMetrics
 from .._core.objects import merge_patch, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
@@ -168,12 +169,15 @@ class Hub:
         retry_ms: int = DEFAULT_RETRY_MS,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
         if buffer < 1 or retention_events < 1 or retention_seconds <= 0:
             raise ValueError("buffer, retention_events and retention_seconds must be positive")
         self.clock: Clock = clock or SystemClock()
+        #: Where the hub reports what it does (``watchroutes.prometheus.PrometheusMetrics``).
+        self.metrics: Metrics = metrics or NullMetrics()
         self.heartbeat = heartbeat
         self.buffer = buffer
         self.max_watch_seconds = max_watch_seconds
@@ -297,6 +301,7 @@ class Hub:
         now = clock.now()
         entry = state.append(resource, etype, obj, key=key, now=now, now_us=clock.time_us())
         state.log(resource).compact(now)
+        self.metrics.events_published(resource, 1)
         return entry
 
     def create(self, resource: str, obj: Any) -> Any:
@@ -416,6 +421,7 @@ class Hub:
                 return await answer_longpoll(self, res, parsed)
             return await open_stream(self, res, parsed)
         except ClientError as exc:
+            self.metrics.client_error(exc.reason)
             return error_reply(exc, mode, retry_ms=self.retry_ms)
 
     async def serve_websocket(
@@ -467,6 +473,7 @@ class Hub:
             }
             return json_reply(200, body)
         except ClientError as exc:
+            self.metrics.client_error(exc.reason)
             return error_reply(exc, Mode.LIST, retry_ms=self.retry_ms)
 
     def _check_not_ahead(self, parsed: WatchRequest, head: int) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .._core.events import Frame
 from .._core.params import WatchRequest
 from .._core.registry import CloseReason
+from .meter import WatchMeter
 from .reply import JSON_HEADERS, Reply
 
 if TYPE_CHECKING:
@@ -33,13 +34,14 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
         )
     sub = opening.subscription
-    headers = list(JSON_HEADERS)
+    meter = WatchMeter(hub.metrics, clock, res.name, "longpoll", sub)
+    reason = CloseReason.CLIENT
     try:
         if opening.initial is not None:
             frames = opening.initial
             if opening.needs_snapshot:
                 frames = await hub.snapshot_frames(res, parsed)
-            return Reply(200, headers, _body(frames, opening.head))
+            return _answer(meter, frames, opening.head)
         frames = opening.replay
         rv = opening.head
         if not frames:
@@ -59,11 +61,20 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
                 rv = hub.state.head
                 if sub.closed is CloseReason.SLOW:  # its queue was dropped: poll again from here
                     frames, rv = [], opening.head
+            if not frames:
+                reason = CloseReason.TIMEOUT
         if len(frames) > parsed.limit:
             frames = frames[: parsed.limit]
             last = frames[-1].rv
             rv = last if last is not None else rv
-        return Reply(200, headers, _body(frames, rv))
+        return _answer(meter, frames, rv)
     finally:
         with hub._lock:
-            hub.state.close_watch(sub, CloseReason.CLIENT)
+            hub.state.close_watch(sub, reason)
+        meter.closed(reason.value)
+
+
+def _answer(meter: WatchMeter, frames: list[Frame], rv: int) -> Reply:
+    body = _body(frames, rv)
+    meter.wrote(len(body), None)
+    return Reply(200, list(JSON_HEADERS), body)

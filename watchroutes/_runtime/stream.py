@@ -25,6 +25,7 @@ from .._core.session import WatchSession
 from .._core.wire import Wire
 from .._core.wire.jsonlines import JsonLinesWire
 from .._core.wire.sse import SseWire
+from .meter import WatchMeter
 from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply
 
 if TYPE_CHECKING:
@@ -44,10 +45,19 @@ class Disconnected(Exception):
 class WatchStream:
     """A prepared watch: its session and subscription, ready to be pumped."""
 
-    def __init__(self, hub: Hub, session: WatchSession, subscription: Subscription) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        session: WatchSession,
+        subscription: Subscription,
+        *,
+        resource: str = "",
+        transport: str = "",
+    ) -> None:
         self.hub = hub
         self.session = session
         self.subscription = subscription
+        self.meter = WatchMeter(hub.metrics, hub.clock, resource, transport, subscription)
         self._scope: anyio.CancelScope | None = None
         self._cancelled = False
         self._finished = False
@@ -75,6 +85,7 @@ class WatchStream:
             if not self.session.closed:
                 self.session.close(reason)
             hub.state.close_watch(self.subscription, reason)
+        self.meter.closed(reason.value)
         hub._untrack(self)
 
     async def run(self, send: Send) -> None:
@@ -106,12 +117,15 @@ class WatchStream:
         write_timeout = hub.write_timeout
         event = anyio.Event()
         sub.waker = event.set
+        meter = self.meter
         while True:
             with lock:
+                oldest = sub.oldest_time()
                 data = session.step(clock.now(), state.head)
             if data:
                 with anyio.fail_after(write_timeout):
                     await send(data)
+                meter.wrote(len(data), oldest)
             if session.closed:
                 return session.close_reason or CloseReason.TIMEOUT
             if session.ready:
@@ -189,6 +203,10 @@ async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
     except Expired as exc:
         if parsed.mode is not Mode.JSONLINES:
             raise
+        hub.metrics.client_error(exc.reason)
         # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
         return Reply(200, headers, wire.error(exc.status()), chunked=True)
-    return Reply(200, headers, session.preamble(), WatchStream(hub, session, session.subscription))
+    stream = WatchStream(
+        hub, session, session.subscription, resource=res.name, transport=parsed.mode.value
+    )
+    return Reply(200, headers, session.preamble(), stream)

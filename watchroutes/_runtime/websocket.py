@@ -41,6 +41,7 @@ from .._core.websocket import (
     watch_query,
 )
 from .._core.wire.websocket import WebSocketWire, control_message, error_message
+from .meter import WatchMeter
 from .stream import Disconnected, open_session
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ async def serve_websocket(
         if hub.closing:
             raise ProtocolViolation(CloseCode.RESTART, "the server is shutting down")
     except ProtocolViolation as exc:
+        if exc.code is not CloseCode.RESTART:
+            hub.metrics.client_error(f"ws-{exc.code.value}")
         await _close(socket, exc.code, exc.reason)
         return
     await _Connection(hub, res, request, socket, limits).run()
@@ -182,6 +185,7 @@ class _Connection:
         self.socket = socket
         self.limits = limits
         self.sessions: dict[str, WatchSession] = {}
+        self.meters: dict[str, WatchMeter] = {}
         self.outbox: deque[bytes] = deque()  # messages that are no event: errors, UNWATCHED
         self.event = anyio.Event()
         self.scope: anyio.CancelScope | None = None
@@ -247,12 +251,20 @@ class _Connection:
             return
         self._finished = True
         with self.hub._lock:
-            for session in self.sessions.values():
-                if not session.closed:
-                    session.close(CloseReason.CLIENT)
-                self.hub.state.close_watch(session.subscription, CloseReason.CLIENT)
-        self.sessions.clear()
+            for sub_id in list(self.sessions):
+                self._end(sub_id, CloseReason.CLIENT)
         self.hub._untrack(self)
+
+    def _end(self, sub_id: str, reason: CloseReason) -> bool:
+        """End a subscription (under the hub's lock); ``False`` when there is none."""
+        session = self.sessions.pop(sub_id, None)
+        if session is None:
+            return False
+        if not session.closed:
+            session.close(reason)
+        self.hub.state.close_watch(session.subscription, reason)
+        self.meters.pop(sub_id).closed(reason.value)
+        return True
 
     async def _open(
         self, sub_id: str, res: Resource, query: Sequence[tuple[str, str]], key: str | None
@@ -270,9 +282,13 @@ class _Connection:
             return
         session.subscription.waker = self._waker(session.subscription)
         self.sessions[sub_id] = session
+        self.meters[sub_id] = WatchMeter(
+            self.hub.metrics, self.hub.clock, res.name, "websocket", session.subscription
+        )
         self.wake()
 
     def _error(self, sub_id: str, exc: ClientError) -> None:
+        self.hub.metrics.client_error(exc.reason)
         self.outbox.append(error_message(sub_id, exc.status()))
         self.wake()
 
@@ -313,6 +329,7 @@ class _Connection:
                     continue
                 await self._open(sub_id, res, watch_query(message), message.key)
         except ProtocolViolation as exc:
+            self.hub.metrics.client_error(f"ws-{exc.code.value}")
             self.close_code = (exc.code, exc.reason)
 
     def _resource(self, name: str) -> Resource:
@@ -322,13 +339,11 @@ class _Connection:
             raise NotFound(f"no watchable resource {name[:100]!r}") from None
 
     def _unwatch(self, sub_id: str) -> None:
-        session = self.sessions.pop(sub_id, None)
-        if session is None:
+        with self.hub._lock:
+            ended = self._end(sub_id, CloseReason.CLIENT)
+        if not ended:
             self._error(sub_id, NotFound(f"no subscription {sub_id[:100]!r} on this socket"))
             return
-        with self.hub._lock:
-            session.close(CloseReason.CLIENT)
-            self.hub.state.close_watch(session.subscription, CloseReason.CLIENT)
         self.outbox.append(control_message(sub_id, "UNWATCHED"))
         self.wake()
 
@@ -345,6 +360,7 @@ class _Connection:
             if self.event.is_set():
                 self.event = anyio.Event()
             messages: list[bytes] = []
+            written: list[tuple[WatchMeter, int, float | None]] = []
             ended: CloseReason | None = None
             ready = False
             with lock:
@@ -353,13 +369,14 @@ class _Connection:
                 while outbox:
                     messages.append(outbox.popleft())
                 for sub_id, session in list(sessions.items()):
+                    oldest = session.subscription.oldest_time()
                     data = session.step(now, head)
                     if data:
                         messages.extend(data.split(b"\n")[:-1])
+                        written.append((self.meters[sub_id], len(data), oldest))
                     if session.closed:
                         reason = session.close_reason or CloseReason.TIMEOUT
-                        del sessions[sub_id]
-                        state.close_watch(session.subscription, reason)
+                        self._end(sub_id, reason)
                         if reason is not CloseReason.TIMEOUT or sub_id == IMPLICIT_ID:
                             ended = reason if ended is None else ended
                     elif session.ready:
@@ -381,6 +398,8 @@ class _Connection:
                 self._sending = None
             if sending.cancelled_caught:
                 continue  # a subscription closed: the next round ends the socket
+            for meter, nbytes, oldest in written:
+                meter.wrote(nbytes, oldest)
             if ended is not None:
                 code = _CLOSE_FOR.get(ended, CloseCode.NORMAL)
                 self.close_code = (code, _REASONS[code])

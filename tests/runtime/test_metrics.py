@@ -1,0 +1,108 @@
+"""The hub's metrics, through the Prometheus exporter: every transport reports its watches,
+deliveries, bytes, latency, drops and client errors."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from watchroutes import Hub
+from watchroutes.adapters.starlette import watch_endpoint, websocket_endpoint
+from watchroutes.prometheus import PrometheusMetrics
+from watchroutes.testing import FakeClock, WatchClient
+
+pytestmark = pytest.mark.anyio
+
+
+def make(slow_consumer: str = "disconnect") -> tuple[Hub, PrometheusMetrics, WatchClient]:
+    metrics = PrometheusMetrics()
+    hub = Hub(clock=FakeClock(), metrics=metrics, buffer=3)
+    orders = hub.resource("orders", kind="Order", slow_consumer=slow_consumer)
+    app = Starlette(
+        routes=[
+            Route("/orders", watch_endpoint(orders)),
+            WebSocketRoute("/orders", websocket_endpoint(orders)),
+        ]
+    )
+    return hub, metrics, WatchClient(app)
+
+
+def value(metrics: PrometheusMetrics, name: str, **labels: str) -> float:
+    sample = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if sample is None else sample
+
+
+async def test_streams_report_their_life_and_deliveries() -> None:
+    hub, m, client = make()
+    params = {"watch": "1", "sendInitialEvents": "false"}
+    async with client.stream("GET", "/orders", params=params) as response:
+        assert value(m, "watchroutes_active_watches", resource="orders", transport="jsonlines") == 1
+        for i in range(3):
+            hub.publish("orders", "ADDED", {"metadata": {"name": f"o-{i}"}})
+        await response.take(3)
+        await anyio.wait_all_tasks_blocked()
+    await anyio.wait_all_tasks_blocked()
+    rt = {"resource": "orders", "transport": "jsonlines"}
+    assert value(m, "watchroutes_active_watches", **rt) == 0
+    assert value(m, "watchroutes_watches_opened_total", **rt) == 1
+    assert value(m, "watchroutes_watches_closed_total", **rt, reason="client") == 1
+    assert value(m, "watchroutes_events_published_total", resource="orders") == 3
+    assert value(m, "watchroutes_events_delivered_total", **rt) == 3
+    assert value(m, "watchroutes_bytes_sent_total", **rt) > 3 * 50
+    assert value(m, "watchroutes_publish_to_write_seconds_count", **rt) >= 1
+    assert value(m, "watchroutes_watch_duration_seconds_count", **rt) == 1
+    assert value(m, "watchroutes_buffer_high_water_count", resource="orders") == 1
+
+
+async def test_slow_and_coalesced_drops_and_client_errors() -> None:
+    hub, m, client = make()
+    async with client.stream("GET", "/orders", params={"watch": "1"}) as response:
+        await anyio.wait_all_tasks_blocked()
+        (sub,) = hub.state.registry.all()
+        waker, sub.waker = sub.waker, None  # the pump sleeps on: the buffer (3) overflows
+        for i in range(5):
+            hub.publish("orders", "ADDED", {"metadata": {"name": f"o-{i}"}})
+        assert waker is not None
+        waker()
+        assert await response.take(1) == []  # the stream ended: the client resumes
+    await anyio.wait_all_tasks_blocked()
+    assert value(m, "watchroutes_events_dropped_total", resource="orders", reason="slow") == 3
+    closed = {"resource": "orders", "transport": "jsonlines", "reason": "slow"}
+    assert value(m, "watchroutes_watches_closed_total", **closed) == 1
+    await client.get("/orders", params={"watch": "1", "labelSelector": "a in"})
+    await client.get("/orders", params={"watch": "1", "resourceVersion": "1"})  # expired
+    assert value(m, "watchroutes_client_errors_total", reason="BadRequest") == 1
+    assert value(m, "watchroutes_client_errors_total", reason="Expired") == 1
+
+    hub, m, client = make(slow_consumer="coalesce")
+    async with client.websocket("/orders", params={"sendInitialEvents": "false"}) as ws:
+        await anyio.wait_all_tasks_blocked()
+        (sub,) = hub.state.registry.all()
+        waker, sub.waker = sub.waker, None
+        for _ in range(4):
+            hub.publish("orders", "ADDED", {"metadata": {"name": "same"}})
+        assert waker is not None
+        waker()
+        (only,) = await ws.take(1)
+        assert only["resourceVersion"] == str(hub.head)
+        await ws.send_text("nonsense")
+        await ws.wait_closed()
+    await anyio.wait_all_tasks_blocked()
+    assert value(m, "watchroutes_events_dropped_total", resource="orders", reason="coalesced") == 3
+    assert value(m, "watchroutes_client_errors_total", reason="ws-4400") == 1
+    rt = {"resource": "orders", "transport": "websocket"}
+    assert value(m, "watchroutes_events_delivered_total", **rt) == 1
+    assert value(m, "watchroutes_active_watches", **rt) == 0
+
+
+async def test_long_polls_count_as_watches() -> None:
+    hub, m, client = make()
+    hub.publish("orders", "ADDED", {"metadata": {"name": "a"}})
+    await client.get("/orders", params={"watch": "1", "feed": "longpoll"})
+    rt = {"resource": "orders", "transport": "longpoll"}
+    assert value(m, "watchroutes_watches_opened_total", **rt) == 1
+    assert value(m, "watchroutes_active_watches", **rt) == 0
+    assert value(m, "watchroutes_bytes_sent_total", **rt) > 0
+    assert b"watchroutes_events_published_total" in m.exposition()
