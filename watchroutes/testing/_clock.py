@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import anyio.lowlevel
 
@@ -34,7 +36,14 @@ class FakeClock:
             if deadline <= self._now:
                 await anyio.lowlevel.checkpoint()
                 return
-            self._waiters.append((deadline, event))
+            waiter = (deadline, event)
+            self._waiters.append(waiter)
+            try:
+                await event.wait()
+            finally:  # woken by the event or cancelled: forget it, or waiters pile up
+                with contextlib.suppress(ValueError):  # advance_nowait already dropped it
+                    self._waiters.remove(waiter)
+            return
         await event.wait()
 
     def advance_nowait(self, seconds: float) -> None:
