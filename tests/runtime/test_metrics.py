@@ -106,3 +106,27 @@ async def test_long_polls_count_as_watches() -> None:
     assert value(m, "watchroutes_active_watches", **rt) == 0
     assert value(m, "watchroutes_bytes_sent_total", **rt) > 0
     assert b"watchroutes_events_published_total" in m.exposition()
+
+
+async def test_log_records_carry_a_watch_id_and_no_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, _, client = make()
+    caplog.set_level("DEBUG", logger="watchroutes")
+    params = {"watch": "1", "labelSelector": "region=eu", "access_token": "s3cret"}
+    headers = {"authorization": "Bearer s3cret"}
+    async with client.stream("GET", "/orders", params=params, headers=headers) as response:
+        await response.take(0)
+    await anyio.wait_all_tasks_blocked()
+    async with client.websocket("/orders", subprotocols=("watchroutes.v1", "bearer.s3cret")):
+        pass
+    await anyio.wait_all_tasks_blocked()
+    records = [r for r in caplog.records if r.name == "watchroutes"]
+    assert [r.getMessage().split(":")[0] for r in records][:2] == [
+        "watch w-1 opened",
+        "watch w-1 closed (client) after 0.0 s",
+    ]
+    assert {getattr(r, "watch_id", None) for r in records} == {"w-1", "w-2"}
+    assert {getattr(r, "transport", None) for r in records} == {"jsonlines", "websocket"}
+    assert "region=eu" in records[0].getMessage()
+    assert not any("s3cret" in r.getMessage() or "s3cret" in str(r.__dict__) for r in records)
