@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -104,3 +105,52 @@ def test_shutdown_ends_every_transport_resumably_within_the_grace(seeded: Server
     close_at = tail.rfind(b"\x88")
     assert close_at >= 0
     assert int.from_bytes(tail[close_at + 2 : close_at + 4]) == 1012
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+def test_a_watcher_that_stops_reading_is_disconnected_and_memory_stays_bounded(
+    launch: Launch,
+) -> None:
+    server = launch("--heartbeat", "30", "--buffer", "100")
+    server.create("big", item="x" * 2048)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+    stuck.connect(("127.0.0.1", port))
+    stuck.sendall(REQUESTS["sse"].encode())
+    healthy, first = _open(server, "sse")
+    counted = [first.count(b"\ndata: ")]
+
+    def read_healthy() -> None:
+        healthy.settimeout(READ_TIMEOUT)
+        while counted[0] < 2001:  # the initial ADDED, then 2,000 changes
+            chunk = healthy.recv(1 << 16)
+            if not chunk:
+                return
+            counted[0] += chunk.count(b"\ndata: ")
+
+    reader = threading.Thread(target=read_healthy)
+    reader.start()
+    rss_before = _rss_kib(server.process.pid)
+    for i in range(2000):  # 2,000 events of 2 KiB
+        server.patch("big", {"spec": {"n": i}})
+    reader.join(READ_TIMEOUT)
+    rss_after = _rss_kib(server.process.pid)
+    assert counted[0] == 2001  # the healthy watcher beside it got every event
+    _wait_for_metric(server, "watchroutes_active_watches", 1, READ_TIMEOUT)  # stuck one gone
+    assert rss_after - rss_before < 16_384  # KiB: nothing like 2,000 events per watcher queued
+    stuck.settimeout(READ_TIMEOUT)
+    data = b""
+    while not data.endswith(b"\r\n0\r\n\r\n"):  # the end of the chunked stream
+        chunk = stuck.recv(1 << 16)
+        assert chunk
+        data += chunk
+    ids = [int(i) for i in re.findall(rb"^id: (\d+)$", data, flags=re.MULTILINE)]
+    assert ids == sorted(ids)
+    assert len(ids) < 2000  # what fit in the socket buffers, in order; it resumes from there
+    for sock in (stuck, healthy):
+        sock.close()

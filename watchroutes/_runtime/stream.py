@@ -61,6 +61,8 @@ class WatchStream:
         self._scope: anyio.CancelScope | None = None
         self._cancelled = False
         self._finished = False
+        self._event = anyio.Event()
+        self._sending: anyio.CancelScope | None = None
         hub._track(self)
 
     def cancel(self) -> None:
@@ -107,6 +109,15 @@ class WatchStream:
                     reason = CloseReason.SHUTDOWN if self._cancelled else CloseReason.CLIENT
                 self._finish(reason)
 
+    def _wake(self) -> None:
+        """The subscription's waker: something to write, or it was closed."""
+        self._event.set()
+        sending = self._sending
+        if sending is not None and self.subscription.closed is not None:
+            # closed (slow consumer, shutdown) while a write is stuck behind a peer that does
+            # not read: give that write up, so the stream ends now, not at the write timeout
+            sending.cancel()
+
     async def _pump(self, send: Send) -> CloseReason:
         hub = self.hub
         clock = hub.clock
@@ -115,28 +126,32 @@ class WatchStream:
         session = self.session
         sub = self.subscription
         write_timeout = hub.write_timeout
-        event = anyio.Event()
-        sub.waker = event.set
+        self._event = anyio.Event()
+        sub.waker = self._wake
         meter = self.meter
         while True:
             with lock:
                 oldest = sub.oldest_time()
                 data = session.step(clock.now(), state.head)
             if data:
-                with anyio.fail_after(write_timeout):
-                    await send(data)
+                with anyio.CancelScope() as sending:
+                    self._sending = sending
+                    with anyio.fail_after(write_timeout):
+                        await send(data)
+                self._sending = None
+                if sending.cancelled_caught:
+                    continue  # the subscription closed: the next step ends the stream
                 meter.wrote(len(data), oldest)
             if session.closed:
                 return session.close_reason or CloseReason.TIMEOUT
             if session.ready:
                 await anyio.lowlevel.checkpoint()
                 continue
-            if event.is_set():
-                event = anyio.Event()
-                sub.waker = event.set
+            if self._event.is_set():
+                self._event = anyio.Event()
                 if session.ready:
                     continue
-            await clock.wait(event, session.deadline())
+            await clock.wait(self._event, session.deadline())
 
 
 async def serve(
