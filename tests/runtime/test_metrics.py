@@ -130,3 +130,38 @@ async def test_log_records_carry_a_watch_id_and_no_credentials(
     assert {getattr(r, "transport", None) for r in records} == {"jsonlines", "websocket"}
     assert "region=eu" in records[0].getMessage()
     assert not any("s3cret" in r.getMessage() or "s3cret" in str(r.__dict__) for r in records)
+
+
+async def test_the_opentelemetry_exporter() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from watchroutes.otel import OpenTelemetryMetrics
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hub = Hub(clock=FakeClock(), metrics=OpenTelemetryMetrics(provider.get_meter("test")))
+    orders = hub.resource("orders", kind="Order")
+    client = WatchClient(Starlette(routes=[Route("/orders", watch_endpoint(orders))]))
+    async with client.stream("GET", "/orders", params={"watch": "1"}) as response:
+        orders.create({"metadata": {"name": "a"}})
+        await response.take(1)
+    await anyio.wait_all_tasks_blocked()
+    await client.get("/orders", params={"watch": "1", "labelSelector": "!"})
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (metric.name, tuple(sorted((point.attributes or {}).items()))): getattr(
+            point, "value", None
+        )
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        for point in metric.data.data_points
+    }
+    rt = (("resource", "orders"), ("transport", "jsonlines"))
+    assert points[("watchroutes.events.published", (("resource", "orders"),))] == 1
+    assert points[("watchroutes.watches.active", rt)] == 0
+    assert points[("watchroutes.watches.opened", rt)] == 1
+    assert points[("watchroutes.client_errors", (("reason", "BadRequest"),))] == 1
+    assert ("watchroutes.watch.duration", rt) in points
