@@ -11,9 +11,9 @@ The default (``1:1000`` and ``1000:50,200,1000``, 3 repeats) takes about four mi
 Flags: ``--run WATCHERS:RATE[,RATE...]`` (repeatable; the default is given above)
 or ``--watchers N --rate R[,R...]`` for one watcher count; ``--duration`` seconds of
 publishing (default 4); ``--repeat`` runs of each configuration (default 3, the table shows
-medians); ``--servers watchroutes,raw``; ``--sample`` connections that parse timestamps
-(default 50); ``--drain`` seconds to wait for the last events (default 15); ``--json PATH``
-writes every run's numbers.
+medians); ``--servers`` (default: all of watchroutes, raw, raw-uvloop, sse-starlette,
+aiohttp); ``--sample`` connections that parse timestamps (default 50); ``--drain``
+seconds to wait for the last events (default 15); ``--json PATH`` writes every run's numbers.
 
 For every run a fresh server process (``sse_fanout_servers.py``, pinned to CPU 0) is started;
 this process, the load generator, pins itself to CPU 1. It opens the watchers (raw asyncio
@@ -28,7 +28,7 @@ publish-to-receive latency.
 Columns: *published/s* is what the server's publisher achieved (below the target when the
 server's event loop is saturated); *delivered/s* is events received by all watchers together
 between the publisher's start and the end of the window, divided by its length; *expected/s*
-is rate x watchers; *watchroutes/raw* divides the two servers' delivered/s; *p50/p99* are
+is rate x watchers; *watchroutes/raw* divides watchroutes' delivered/s by raw's; *p50/p99* are
 publish-to-receive latencies over every event the sampled connections received (the drain
 after the window included, so a backlog shows); *encodes/event* is calls of watchroutes' JSON
 encoder per published event; *server CPU* and *client CPU* are each process's CPU time over
@@ -54,11 +54,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sse_fanout_servers import pin_to_cpu, raise_open_files_limit
+from sse_fanout_servers import SERVERS, pin_to_cpu, raise_open_files_limit
 
 HERE: Final = Path(__file__).resolve().parent
 SERVER_SCRIPT: Final = HERE / "sse_fanout_servers.py"
-SERVERS: Final = ("watchroutes", "raw")
 DEFAULT_RUNS: Final = ("1:1000", "1000:50,200,1000")
 
 DATA: Final = b"data: "
@@ -156,11 +155,13 @@ class Watcher(asyncio.Protocol):
         received = time.monotonic_ns()
         pending = self.pending
         pending += data
-        end = pending.rfind(b"\n\n")
-        if end >= 0:  # whole blocks only: a timestamp may be cut by a read boundary
+        # Whole blocks only (a timestamp may be cut by a read boundary); a block ends with a
+        # blank line, LF or CRLF (sse-starlette writes CRLF).
+        end = max(pending.rfind(b"\n\n"), pending.rfind(b"\n\r\n"))
+        if end >= 0:
             for match in STAMP.finditer(pending, 0, end):
                 self.latencies.append(received - int(match[1]))
-            del pending[: end + 2]
+            del pending[: pending.index(b"\n", end + 1) + 1]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -1,9 +1,10 @@
-"""The two servers that ``sse_fanout.py`` compares, each run in a process of its own.
+"""The servers that ``sse_fanout.py`` compares, each run in a process of its own.
 
 ::
 
     .venv/bin/python benchmarks/sse_fanout_servers.py watchroutes [--port 0] [--cpu 0]
     .venv/bin/python benchmarks/sse_fanout_servers.py raw [--port 0] [--cpu 0]
+    (also raw-uvloop, sse-starlette, aiohttp)
 
 ``watchroutes``
     A Starlette app whose ``GET /orders`` is ``watch_endpoint(orders)``, served by uvicorn
@@ -17,8 +18,18 @@
     ``id:``/``data:`` block to every one of them. No HTTP framework, no chunked encoding (the
     body ends when the connection does), no resume, no selectors: the reference for what the
     event loop and the kernel allow.
+``raw-uvloop``
+    The same on uvloop's event loop.
+``sse-starlette``
+    sse-starlette's ``EventSourceResponse`` on Starlette and uvicorn, fed by one bounded
+    ``asyncio.Queue`` per watcher (the pattern its documentation shows); each event's JSON is
+    encoded once, and sse-starlette frames it for each watcher.
+``aiohttp``
+    aiohttp's ``StreamResponse`` with one bounded queue per watcher, writing each event's
+    pre-encoded SSE block with ``await response.write``.
 
-Both answer the same control routes:
+The peers drop a watcher whose queue (1,000 events, watchroutes' default buffer) is full. All
+answer the same control routes:
 
 * ``POST /_bench/start?rate=R&seconds=D[&count=N]``: publish N events (default R x D) at R
   per second on an absolute schedule, for at most D seconds (events not published by then are
@@ -28,7 +39,7 @@ Both answer the same control routes:
 * ``GET /_bench/stats``: ``{"published", "running", "encodes", "watchers"}`` (``encodes`` is
   the encoder calls since the last start, ``null`` for the raw server).
 
-Both print ``ready http://HOST:PORT`` once they accept connections and stop on SIGTERM/SIGINT.
+All print ``ready http://HOST:PORT`` once they accept connections and stop on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -54,6 +65,13 @@ KEYS: Final = 100
 RAW_MAX_PENDING: Final = 16 * 1024 * 1024
 
 Emit = Callable[[int, dict[str, Any]], None]
+
+#: The servers this script runs: watchroutes, the raw ceiling (on asyncio's loop and on
+#: uvloop's), and the peers users pick instead.
+SERVERS: Final = ("watchroutes", "raw", "raw-uvloop", "sse-starlette", "aiohttp")
+#: Events queued per watcher by the peers before the watcher is dropped, as watchroutes'
+#: default buffer.
+PEER_BUFFER: Final = 1000
 
 
 def raise_open_files_limit() -> int:
@@ -324,9 +342,184 @@ async def serve_raw(host: str, port: int) -> None:
             await asyncio.wait(raw.handlers, timeout=5.0)
 
 
+# -- peers: what users would pick instead ----------------------------------------------------
+
+
+def _envelope_block(rv: int, obj: dict[str, Any]) -> tuple[str, bytes]:
+    """The event as JSON (encoded once per event) and as one SSE block."""
+    obj["metadata"]["resourceVersion"] = str(rv)
+    data = json.dumps(
+        {"type": "MODIFIED", "object": obj, "resourceVersion": str(rv)}, separators=(",", ":")
+    )
+    return data, b"id: %d\ndata: %s\n\n" % (rv, data.encode())
+
+
+class QueueFanout:
+    """Per-watcher bounded queues, the pattern the peers' docs show: a publish puts the event
+    on every watcher's queue; a watcher whose queue is full is dropped."""
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[tuple[int, str, bytes]]] = set()
+        self.rv = 0
+        self.too_slow = 0
+        self.publisher = Publisher(self.broadcast)
+
+    def broadcast(self, i: int, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        data, block = _envelope_block(self.rv, obj)
+        for queue in list(self.queues):
+            try:
+                queue.put_nowait((self.rv, data, block))
+            except asyncio.QueueFull:
+                self.too_slow += 1
+                self.queues.discard(queue)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "published": self.publisher.published,
+            "running": self.publisher.running,
+            "encodes": None,
+            "watchers": len(self.queues),
+        }
+
+
+def run_sse_starlette(host: str, port: int) -> None:
+    """sse-starlette's EventSourceResponse on Starlette and uvicorn, one queue per watcher."""
+    from sse_starlette.sse import EventSourceResponse
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    fanout = QueueFanout()
+
+    async def orders(request: Request) -> Response:
+        queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue(maxsize=PEER_BUFFER)
+        fanout.queues.add(queue)
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while True:
+                    rv, data, _ = await queue.get()
+                    yield {"id": str(rv), "data": data}
+            finally:
+                fanout.queues.discard(queue)
+
+        return EventSourceResponse(events(), ping=15)
+
+    app = Starlette(routes=[Route("/orders", orders), *_control_routes(fanout)])
+    _run_uvicorn(app, host, port)
+
+
+def run_aiohttp(host: str, port: int) -> None:
+    """aiohttp's StreamResponse, one queue per watcher, pre-encoded blocks."""
+    from aiohttp import web
+
+    fanout = QueueFanout()
+
+    async def orders(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue(maxsize=PEER_BUFFER)
+        fanout.queues.add(queue)
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while True:
+                _, _, block = await queue.get()
+                await response.write(block)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            fanout.queues.discard(queue)
+        return response
+
+    async def start(request: web.Request) -> web.Response:
+        try:
+            rate, seconds, count = parse_start(request.query_string)
+        except (KeyError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if fanout.publisher.running:
+            return web.json_response({"error": "already running"}, status=409)
+        return web.json_response({"t0": fanout.publisher.start(rate, seconds, count)}, status=202)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(fanout.stats())
+
+    app = web.Application()
+    app.router.add_get("/orders", orders)
+    app.router.add_post("/_bench/start", start)
+    app.router.add_get("/_bench/stats", stats)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=4096)
+        await site.start()
+        server = site._server
+        assert server is not None
+        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        print(f"ready http://{host}:{bound}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        if fanout.publisher.task is not None:
+            fanout.publisher.task.cancel()
+        await runner.shutdown()
+        await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+def _control_routes(fanout: QueueFanout) -> list[Any]:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def start(request: Request) -> Response:
+        try:
+            rate, seconds, count = parse_start(request.url.query)
+        except (KeyError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if fanout.publisher.running:
+            return JSONResponse({"error": "already running"}, status_code=409)
+        return JSONResponse({"t0": fanout.publisher.start(rate, seconds, count)}, status_code=202)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(fanout.stats())
+
+    return [Route("/_bench/start", start, methods=["POST"]), Route("/_bench/stats", stats)]
+
+
+def _run_uvicorn(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    class Announcing(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            for server in self.servers:
+                for sock in server.sockets:
+                    bound_host, bound_port = sock.getsockname()[:2]
+                    print(f"ready http://{bound_host}:{bound_port}", flush=True)
+                    return
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=4096,
+    )
+    Announcing(config).run()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("server", choices=["watchroutes", "raw"])
+    parser.add_argument("server", choices=SERVERS)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin to; -1: do not pin")
@@ -335,6 +528,15 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_files_limit()
     if args.server == "watchroutes":
         run_watchroutes(args.host, args.port)
+    elif args.server == "sse-starlette":
+        run_sse_starlette(args.host, args.port)
+    elif args.server == "aiohttp":
+        run_aiohttp(args.host, args.port)
+    elif args.server == "raw-uvloop":
+        import uvloop
+
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(serve_raw(args.host, args.port))
     else:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_raw(args.host, args.port))
