@@ -154,8 +154,6 @@ def parse_start(query: str) -> tuple[float, float, int]:
 def run_watchroutes(host: str, port: int) -> None:
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     import watchroutes._core.events as events_module
@@ -178,32 +176,22 @@ def run_watchroutes(host: str, port: int) -> None:
     orders = hub.resource("orders", kind="Order")
     publisher = Publisher(lambda i, obj: orders.publish("MODIFIED", obj))
 
-    async def start(request: Request) -> Response:
+    def on_start() -> None:
         nonlocal encodes_at_start
-        try:
-            rate, seconds, count = parse_start(request.url.query)
-        except (KeyError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if publisher.running:
-            return JSONResponse({"error": "already running"}, status_code=409)
         encodes_at_start = encodes
-        return JSONResponse({"t0": publisher.start(rate, seconds, count)}, status_code=202)
 
-    async def stats(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "published": publisher.published,
-                "running": publisher.running,
-                "encodes": encodes - encodes_at_start,
-                "watchers": hub.statistics().active_watches,
-            }
-        )
+    def stats() -> dict[str, Any]:
+        return {
+            "published": publisher.published,
+            "running": publisher.running,
+            "encodes": encodes - encodes_at_start,
+            "watchers": hub.statistics().active_watches,
+        }
 
     app = Starlette(
         routes=[
             Route("/orders", watch_endpoint(orders)),
-            Route("/_bench/start", start, methods=["POST"]),
-            Route("/_bench/stats", stats),
+            *_control_routes(publisher, stats, on_start),
         ]
     )
     config = uvicorn.Config(
@@ -407,7 +395,9 @@ def run_sse_starlette(host: str, port: int) -> None:
 
         return EventSourceResponse(events(), ping=15)
 
-    app = Starlette(routes=[Route("/orders", orders), *_control_routes(fanout)])
+    app = Starlette(
+        routes=[Route("/orders", orders), *_control_routes(fanout.publisher, fanout.stats)]
+    )
     _run_uvicorn(app, host, port)
 
 
@@ -473,7 +463,12 @@ def run_aiohttp(host: str, port: int) -> None:
         asyncio.run(serve())
 
 
-def _control_routes(fanout: QueueFanout) -> list[Any]:
+def _control_routes(
+    publisher: Publisher,
+    stats: Callable[[], dict[str, Any]],
+    on_start: Callable[[], None] = lambda: None,
+) -> list[Any]:
+    """``POST /_bench/start`` and ``GET /_bench/stats`` for a Starlette server."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -483,14 +478,15 @@ def _control_routes(fanout: QueueFanout) -> list[Any]:
             rate, seconds, count = parse_start(request.url.query)
         except (KeyError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        if fanout.publisher.running:
+        if publisher.running:
             return JSONResponse({"error": "already running"}, status_code=409)
-        return JSONResponse({"t0": fanout.publisher.start(rate, seconds, count)}, status_code=202)
+        on_start()
+        return JSONResponse({"t0": publisher.start(rate, seconds, count)}, status_code=202)
 
-    async def stats(request: Request) -> Response:
-        return JSONResponse(fanout.stats())
+    async def get_stats(request: Request) -> Response:
+        return JSONResponse(stats())
 
-    return [Route("/_bench/start", start, methods=["POST"]), Route("/_bench/stats", stats)]
+    return [Route("/_bench/start", start, methods=["POST"]), Route("/_bench/stats", get_stats)]
 
 
 def _run_uvicorn(app: Any, host: str, port: int) -> None:
