@@ -522,6 +522,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pin_to_cpu(None if args.cpu < 0 else args.cpu)
     raise_open_files_limit()
+    profile_to = os.environ.get("WATCHROUTES_BENCH_PROFILE")
+    if profile_to:  # cProfile the server; the stats go to this path + the server's name
+        import cProfile
+
+        # uvicorn re-raises the exit signal once it has shut down, which would end the process
+        # before the stats are written: exit normally instead.
+        signal.raise_signal = lambda signum: None
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            serve(args)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_to}.{args.server}")
+    else:
+        serve(args)
+    sys.exit(0)
+
+
+def serve(args: argparse.Namespace) -> None:
     if args.server == "watchroutes":
         run_watchroutes(args.host, args.port)
     elif args.server == "sse-starlette":
@@ -536,7 +556,6 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_raw(args.host, args.port))
-    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -134,10 +134,11 @@ class WatchStream:
                 oldest = sub.oldest_time()
                 data = session.step(clock.now(), state.head)
             if data:
-                with anyio.CancelScope() as sending:
+                # One scope for both ends of a write: its deadline (TimeoutError) and the
+                # subscription's close (see _wake).
+                with anyio.fail_after(write_timeout) as sending:
                     self._sending = sending
-                    with anyio.fail_after(write_timeout):
-                        await send(data)
+                    await send(data)
                 self._sending = None
                 if sending.cancelled_caught:
                     continue  # the subscription closed: the next step ends the stream

@@ -382,12 +382,16 @@ class _Connection:
                     elif session.ready:
                         ready = True
                 closing = state.closing
+            interrupted = False
             try:
-                with anyio.CancelScope() as sending:
-                    self._sending = sending
-                    for message in messages:
-                        with anyio.fail_after(write_timeout):
-                            await socket.send(message.decode())
+                for message in messages:
+                    # one scope per write: its deadline, and a subscription's close (_waker)
+                    with anyio.fail_after(write_timeout) as sending:
+                        self._sending = sending
+                        await socket.send(message.decode())
+                    if sending.cancelled_caught:
+                        interrupted = True
+                        break
             except TimeoutError:
                 logger.info("WebSocket write timed out")
                 self.close_code = (CloseCode.SLOW, _REASONS[CloseCode.SLOW])
@@ -396,7 +400,7 @@ class _Connection:
                 return
             finally:
                 self._sending = None
-            if sending.cancelled_caught:
+            if interrupted:
                 continue  # a subscription closed: the next round ends the socket
             for meter, nbytes, oldest in written:
                 meter.wrote(nbytes, oldest)
