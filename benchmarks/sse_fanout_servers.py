@@ -69,6 +69,10 @@ Emit = Callable[[int, dict[str, Any]], None]
 #: The servers this script runs: watchroutes, the raw ceiling (on asyncio's loop and on
 #: uvloop's), and the peers users pick instead.
 SERVERS: Final = ("watchroutes", "raw", "raw-uvloop", "sse-starlette", "aiohttp")
+#: uvicorn's event loop for the ASGI servers: "asyncio", as the raw server's, unless
+#: WATCHROUTES_BENCH_LOOP says otherwise ("uvloop"; uvicorn's default "auto" would pick uvloop
+#: whenever it is installed, and it is, for raw-uvloop).
+UVICORN_LOOP: Final = os.environ.get("WATCHROUTES_BENCH_LOOP", "asyncio")
 #: Events queued per watcher by the peers before the watcher is dropped, as watchroutes'
 #: default buffer.
 PEER_BUFFER: Final = 1000
@@ -202,6 +206,8 @@ def run_watchroutes(host: str, port: int) -> None:
         access_log=False,
         lifespan="off",
         backlog=4096,
+        loop=UVICORN_LOOP,
+        http="h11",
     )
     Server(config, hubs=[hub], announce=True).run()
 
@@ -509,6 +515,8 @@ def _run_uvicorn(app: Any, host: str, port: int) -> None:
         access_log=False,
         lifespan="off",
         backlog=4096,
+        loop=UVICORN_LOOP,
+        http="h11",
     )
     Announcing(config).run()
 
