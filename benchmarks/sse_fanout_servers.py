@@ -53,8 +53,8 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 #: Bytes of padding in each published object (the object is about 300 bytes of JSON).
@@ -63,6 +63,9 @@ PAD: Final = "x" * 200
 KEYS: Final = 100
 #: The raw server closes a connection whose unsent bytes exceed this (its only bound).
 RAW_MAX_PENDING: Final = 16 * 1024 * 1024
+
+if TYPE_CHECKING:
+    from watchroutes import Hub
 
 Emit = Callable[[int, dict[str, Any]], None]
 
@@ -156,14 +159,12 @@ def parse_start(query: str) -> tuple[float, float, int]:
 
 
 def run_watchroutes(host: str, port: int) -> None:
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import Route
 
     import watchroutes._core.events as events_module
     from watchroutes import Hub
     from watchroutes.adapters.starlette import watch_endpoint
-    from watchroutes.adapters.uvicorn import Server
 
     encodes = 0
     encodes_at_start = 0
@@ -198,18 +199,7 @@ def run_watchroutes(host: str, port: int) -> None:
             *_control_routes(publisher, stats, on_start),
         ]
     )
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        backlog=4096,
-        loop=UVICORN_LOOP,
-        http="h11",
-    )
-    Server(config, hubs=[hub], announce=True).run()
+    _run_uvicorn(app, host, port, hubs=[hub])
 
 
 # -- the raw asyncio reference ---------------------------------------------------------------
@@ -495,17 +485,12 @@ def _control_routes(
     return [Route("/_bench/start", start, methods=["POST"]), Route("/_bench/stats", get_stats)]
 
 
-def _run_uvicorn(app: Any, host: str, port: int) -> None:
+def _run_uvicorn(app: Any, host: str, port: int, hubs: Sequence[Hub] = ()) -> None:
+    """Serve ``app`` with uvicorn, announcing ``ready URL``; watchroutes' ``Server`` also ends
+    the hubs' watches on the exit signal (it is a plain uvicorn server for the peers)."""
     import uvicorn
 
-    class Announcing(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            for server in self.servers:
-                for sock in server.sockets:
-                    bound_host, bound_port = sock.getsockname()[:2]
-                    print(f"ready http://{bound_host}:{bound_port}", flush=True)
-                    return
+    from watchroutes.adapters.uvicorn import Server
 
     config = uvicorn.Config(
         app,
@@ -518,7 +503,7 @@ def _run_uvicorn(app: Any, host: str, port: int) -> None:
         loop=UVICORN_LOOP,
         http="h11",
     )
-    Announcing(config).run()
+    Server(config, hubs=list(hubs), announce=True).run()
 
 
 def main(argv: list[str] | None = None) -> None:
