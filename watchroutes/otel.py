@@ -63,6 +63,11 @@ class OpenTelemetryMetrics:
         self.client_errors = m.create_counter(
             "watchroutes.client_errors", description="Client errors, by Status reason."
         )
+        self.lag = m.create_histogram(
+            "watchroutes.follower.lag",
+            unit="s",
+            description="How far behind the shared event log each applied batch was.",
+        )
 
     def watch_opened(self, resource: str, transport: str) -> None:
         attributes = {"resource": resource, "transport": transport}
@@ -95,3 +100,6 @@ class OpenTelemetryMetrics:
 
     def client_error(self, reason: str) -> None:
         self.client_errors.add(1, {"reason": reason})
+
+    def follower_lag(self, seconds: float) -> None:
+        self.lag.record(seconds)

@@ -95,6 +95,12 @@ class PrometheusMetrics:
             registry=r,
         )
 
+        self.lag = Gauge(
+            "watchroutes_follower_lag_seconds",
+            "How far behind the shared event log this node applied its latest batch.",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -129,3 +135,6 @@ class PrometheusMetrics:
 
     def client_error(self, reason: str) -> None:
         self.client_errors.labels(reason).inc()
+
+    def follower_lag(self, seconds: float) -> None:
+        self.lag.set(seconds)

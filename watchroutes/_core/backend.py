@@ -19,7 +19,7 @@ rule every backend shares); ``tests/backends`` is the suite each backend must pa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Final, Literal, Protocol
 
 import msgspec
@@ -132,7 +132,7 @@ class LogBackend(Protocol):
         watermark."""
         ...
 
-    def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncIterator[Batch]:
+    def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncGenerator[Batch]:
         """Batches of new records after ``after``, as they are appended, forever (until the
         connection fails: then it raises ``ServiceUnavailable``)."""
         ...

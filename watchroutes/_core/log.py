@@ -137,6 +137,12 @@ class ResourceLog:
         i = bisect.bisect_right(entries, rv, lo=self._start, key=_rv)
         return iter(entries[i:])
 
+    def entry(self, rv: int) -> Entry | None:
+        """The retained entry with version ``rv``, if any."""
+        entries = self._entries
+        i = bisect.bisect_left(entries, rv, lo=self._start, key=_rv)
+        return entries[i] if i < len(entries) and entries[i].rv == rv else None
+
     def check(self, rv: int, head: int) -> None:
         if rv < self.watermark:
             raise Expired(f"too old resource version: {rv} ({self.watermark})")

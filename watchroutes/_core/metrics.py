@@ -44,6 +44,11 @@ class Metrics(Protocol):
         """The most events a watcher had queued, reported when it ends."""
         ...
 
+    def follower_lag(self, seconds: float) -> None:
+        """How far behind the shared log this node's follower applied its latest batch
+        (the batch's newest rv, which is the append's wall-clock µs, to now)."""
+        ...
+
     def client_error(self, reason: str) -> None:
         """A request or message answered with a 4xx Status (``reason``: ``BadRequest``,
         ``Expired``, ...) or a WebSocket closed for a client's fault (``ws-4400``, ...)."""
@@ -72,6 +77,9 @@ class NullMetrics:
         pass
 
     def buffer_high_water(self, resource: str, size: int) -> None:
+        pass
+
+    def follower_lag(self, seconds: float) -> None:
         pass
 
     def client_error(self, reason: str) -> None:

@@ -50,6 +50,7 @@ class CloseReason(enum.StrEnum):
     SLOW = "slow"  # past its buffer (disconnect policy)
     SHUTDOWN = "shutdown"  # the hub is closing
     ERROR = "error"  # the stream failed (write error, write timeout, expired)
+    UNAVAILABLE = "unavailable"  # the shared log was lost or replaced: resume elsewhere/later
 
 
 class SlowConsumerPolicy(enum.StrEnum):

@@ -174,7 +174,9 @@ class WatchSession:
             out.append(self.wire.frame(frame))
             sent = frame.rv
         self.sent_rv = sent
-        if reason is CloseReason.SLOW:  # never a bookmark to a slow consumer: it resumes
+        if reason is CloseReason.SLOW or reason is CloseReason.UNAVAILABLE:
+            # no bookmark: a slow consumer resumes from its last event; after the shared log
+            # was lost or replaced this node's head may belong to another epoch
             self._finish(reason)
             return self._flush(out, now)
         if reason is not None or (self.end_at is not None and now >= self.end_at):

@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
+from .backend import Loaded, Record
 from .errors import (
     Expired,
     InvalidParameter,
@@ -82,6 +85,9 @@ def object_key(obj: Any) -> str:
     if not isinstance(name, str) or not name:
         raise UsageError("the object has no metadata.name; pass key= explicitly")
     return name
+
+
+_decode = msgspec.json.decode
 
 
 def _stamp(obj: Any, rv: int) -> Any:
@@ -292,13 +298,73 @@ class HubState:
         sub.close(reason)
         self.registry.unsubscribe(sub)
 
+    # -- following a shared log (DESIGN 2: every node learns of each event the same way) ------
+
+    def _record_entry(self, record: Record, now: float) -> Entry:
+        rv = record.rv
+        prev = record.prev
+        return Entry(
+            rv=rv,
+            resource=record.resource,
+            key=record.key,
+            type=EventType(record.type),
+            object=_stamp(_decode(record.object), rv),
+            prev=None if prev is None else _stamp(_decode(prev), record.prev_rv),
+            time=now,
+        )
+
+    def apply(self, records: Iterable[Record], head: int, now: float) -> int:
+        """Apply a follower's batch (records above this node's head, ascending) and fan
+        each out; then the node's head is ``head``. Returns the entries applied."""
+        count = 0
+        logs = self.logs
+        for record in records:
+            log = logs.get(record.resource)
+            if log is None or record.rv <= self.head:
+                continue  # another app's resource, or already loaded
+            entry = self._record_entry(record, now)
+            self.versions.advance(entry.rv)
+            log.append(entry)
+            self.published += 1
+            self.registry.publish(entry)
+            count += 1
+        self.versions.advance(head)
+        return count
+
+    def load(self, loaded: Loaded, now: float) -> None:
+        """Replace every resource's history and cache with a shared log's image at
+        ``loaded.head`` (a node starting, or after the log's epoch changed). Watches must
+        have been ended first: their positions may belong to another epoch."""
+        for name, old in list(self.logs.items()):
+            part = loaded.resources.get(name)
+            log = ResourceLog(
+                name,
+                start_rv=loaded.head if part is None else part.watermark,
+                max_events=old.max_events,
+                max_age=old.max_age,
+                young_window=old.young_window,
+            )
+            if part is not None:
+                for record in part.records:
+                    log.append(self._record_entry(record, now))
+                log.state = {
+                    r.key: self._record_entry(r, now)
+                    for r in sorted(part.state, key=lambda r: r.rv)
+                }
+            self.logs[name] = log
+        self.versions = VersionClock(loaded.head)
+
+    def end_watches(self, reason: CloseReason) -> list[Subscription]:
+        """End every open watch (they resume: see ``CloseReason``)."""
+        subs = self.registry.all()
+        for sub in subs:
+            sub.close(reason)
+        return subs
+
     def begin_shutdown(self) -> list[Subscription]:
         """Refuse new watches and end every open one resumably."""
         self.closing = True
-        subs = self.registry.all()
-        for sub in subs:
-            sub.close(CloseReason.SHUTDOWN)
-        return subs
+        return self.end_watches(CloseReason.SHUTDOWN)
 
     def compact(self, now: float) -> None:
         for log in self.logs.values():

@@ -35,6 +35,11 @@ class VersionClock:
         """The newest version handed out (or the start, before any)."""
         return self._last
 
+    def advance(self, rv: int) -> None:
+        """Follow a shared log: its head is now ``rv`` (never goes back)."""
+        if rv > self._last:
+            self._last = rv
+
     def next(self, now_us: int) -> int:
         rv = max(self._last + 1, now_us)
         if rv > MAX_RESOURCE_VERSION:  # pragma: no cover - 292,000 years from now

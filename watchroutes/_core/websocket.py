@@ -60,6 +60,7 @@ class CloseCode(enum.IntEnum):
     TOO_BIG = 1009  # an inbound message over the size limit
     ERROR = 1011  # the watch failed on the server
     RESTART = 1012  # the server is shutting down: resume elsewhere
+    TRY_AGAIN = 1013  # the shared event log is unavailable or was replaced: resume later
     SLOW = 4008  # past its buffer: resume from the last rv
     INVALID = 4400  # an invalid message or handshake
     UNAUTHORIZED = 4401

@@ -10,17 +10,20 @@ loop, calls run directly under the hub's lock.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import functools
 import inspect
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from .._core.backend import ABSENT, PRESENT, Expect, LogBackend, Retention, Write
 from .._core.errors import (
     AlreadyExists,
     BadRequest,
@@ -29,19 +32,28 @@ from .._core.errors import (
     Expired,
     InternalError,
     NotFound,
+    RequestEntityTooLarge,
+    Timeout,
     UsageError,
 )
-from .._core.events import Entry, EventType, Frame
+from .._core.events import Entry, EventType, Frame, encode
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.metrics import Metrics, NullMetrics
 from .._core.objects import merge_patch, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
-from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
+from .._core.registry import DEFAULT_BUFFER_SIZE, CloseReason, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
 from .._core.session import DEFAULT_HEARTBEAT
-from .._core.state import DEFAULT_MAX_OBJECT_BYTES, HubState, StateSource, object_key
+from .._core.state import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    HubState,
+    StateSource,
+    _stamp,
+    object_key,
+)
 from .._core.wire.sse import DEFAULT_RETRY_MS
 from .clock import Clock, SystemClock
+from .replica import Replica
 from .reply import Reply, error_reply, json_reply
 from .stream import open_stream
 
@@ -152,6 +164,24 @@ class Resource:
     def seed(self, objects: Iterable[Any]) -> int:
         return self.hub.seed(self.name, objects)
 
+    async def apublish(self, type: str | EventType, obj: Any, *, key: str | None = None) -> Any:  # noqa: A002
+        return await self.hub.apublish(self.name, type, obj, key=key)
+
+    async def acreate(self, obj: Any) -> Any:
+        return await self.hub.acreate(self.name, obj)
+
+    async def areplace(self, obj: Any, *, key: str | None = None) -> Any:
+        return await self.hub.areplace(self.name, obj, key=key)
+
+    async def apatch(self, key: str, patch: Any) -> Any:
+        return await self.hub.apatch(self.name, key, patch)
+
+    async def adelete(self, key: str, *, resource_version: str | None = None) -> Any:
+        return await self.hub.adelete(self.name, key, resource_version=resource_version)
+
+    async def aseed(self, objects: Iterable[Any]) -> int:
+        return await self.hub.aseed(self.name, objects)
+
 
 class Hub:
     """Resources, their event log, subscriptions and clocks, for one application."""
@@ -170,6 +200,7 @@ class Hub:
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        backend: LogBackend | str | None = None,
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
@@ -198,6 +229,14 @@ class Hub:
         self._streams: set[_Tracked] = set()
         self._streams_idle: anyio.Event | None = None
         self._random = random.Random()
+        if isinstance(backend, str):
+            from ..backends import from_url
+
+            backend = None if backend in ("", "memory") else from_url(backend)
+        #: The shared log this hub follows (``None``: its own log, in memory).
+        self.backend: LogBackend | None = backend
+        self._replica = None if backend is None else Replica(self, backend)
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -250,11 +289,29 @@ class Hub:
         self._loop_thread = threading.get_ident()
 
     async def __aenter__(self) -> Hub:
+        """Bind to the running loop and, with a shared backend, start following it (the
+        first load is awaited up to 5 s; past that the hub answers 503 until it loads)."""
         self.bind()
+        if self._replica is not None and self._task_group is None:
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+            self._task_group = tg
+            await self._replica.start(tg)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+        tg, self._task_group = self._task_group, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        if self.backend is not None:
+            await self.backend.close()
+
+    @property
+    def available(self) -> bool:
+        """False while a shared log is unreachable (watches and writes get 503)."""
+        return self._replica is None or self._replica.available
 
     # -- thread routing ----------------------------------------------------------------------
 
@@ -293,6 +350,8 @@ class Hub:
         follows the object convention. Safe from async code and from any thread.
         """
         etype = EventType(type)
+        if self._replica is not None:
+            return self._shared(self.apublish, resource, etype, obj, key=key)
         return self._call(self._append, resource, etype, obj, key).object
 
     def _append(self, resource: str, etype: EventType, obj: Any, key: str | None) -> Entry:
@@ -306,6 +365,8 @@ class Hub:
 
     def create(self, resource: str, obj: Any) -> Any:
         """Add a new object; ``AlreadyExists`` (409) if its key is taken."""
+        if self._replica is not None:
+            return self._shared(self.acreate, resource, obj)
         return self._call(self._create, resource, _body(obj))
 
     def _create(self, resource: str, obj: dict[str, Any]) -> Any:
@@ -316,6 +377,8 @@ class Hub:
 
     def replace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
         """Replace an existing object; ``NotFound`` if missing, ``Conflict`` on a stale rv."""
+        if self._replica is not None:
+            return self._shared(self.areplace, resource, obj, key=key)
         return self._call(self._replace, resource, _body(obj), key)
 
     def _replace(self, resource: str, obj: dict[str, Any], key: str | None) -> Any:
@@ -328,6 +391,8 @@ class Hub:
 
     def patch(self, resource: str, key: str, patch: Any) -> Any:
         """Apply a JSON merge patch (RFC 7386) to an existing object."""
+        if self._replica is not None:
+            return self._shared(self.apatch, resource, key, patch)
         return self._call(self._patch, resource, key, _body(patch))
 
     def _patch(self, resource: str, key: str, patch: dict[str, Any]) -> Any:
@@ -340,6 +405,8 @@ class Hub:
 
     def delete(self, resource: str, key: str, *, resource_version: str | None = None) -> Any:
         """Delete an object; returns it stamped with the deletion's rv."""
+        if self._replica is not None:
+            return self._shared(self.adelete, resource, key, resource_version=resource_version)
         return self._call(self._delete, resource, key, resource_version)
 
     def _delete(self, resource: str, key: str, rv: str | None) -> Any:
@@ -356,9 +423,141 @@ class Hub:
 
     def seed(self, resource: str, objects: Iterable[Any]) -> int:
         """Load start-up state into the watch cache without emitting events."""
+        if self._replica is not None:
+            raise UsageError("with a shared log, seed with await resource.aseed(objects)")
         clock = self.clock
         with self._lock:
             return self.state.seed(resource, objects, now=clock.now(), now_us=clock.time_us())
+
+    # -- writes, async (the only way to write to a shared log from the event loop) ------------
+
+    def _shared(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        """Run an async write from a plain call: only from a thread other than the loop's."""
+        token = self._token
+        if token is None or threading.get_ident() == self._loop_thread:
+            raise UsageError(
+                f"a hub with a shared log writes asynchronously: use await hub.a{func.__name__[1:]}"
+                "(...) (or call the plain method from another thread)"
+            )
+        return anyio.from_thread.run(functools.partial(func, *args, **kwargs), token=token)
+
+    async def apublish(
+        self,
+        resource: str,
+        type: str | EventType,  # noqa: A002
+        obj: Any,
+        *,
+        key: str | None = None,
+    ) -> Any:
+        """:meth:`publish`, awaitable; with a shared log it returns once the change is
+        appended and (up to 3 s) applied on this node."""
+        if self._replica is None:
+            return self.publish(resource, type, obj, key=key)
+        etype = EventType(type)
+        if etype not in (EventType.ADDED, EventType.MODIFIED, EventType.DELETED):
+            raise UsageError(f"cannot publish a {etype.value} event")
+        return await self._write(resource, etype, object_key(obj) if key is None else key, obj)
+
+    async def acreate(self, resource: str, obj: Any) -> Any:
+        if self._replica is None:
+            return self.create(resource, obj)
+        body = _body(obj)
+        return await self._write(resource, EventType.ADDED, _key_of(body), body, ABSENT)
+
+    async def areplace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
+        if self._replica is None:
+            return self.replace(resource, obj, key=key)
+        body = _body(obj)
+        name = _key_of(body)
+        if key is not None and name != key:
+            raise BadRequest(f"metadata.name {name[:100]!r} does not match the URL's {key!r}")
+        expect = self._expectation(resource, name, object_rv(body))
+        return await self._write(resource, EventType.MODIFIED, name, body, expect)
+
+    async def apatch(self, resource: str, key: str, patch: Any) -> Any:
+        if self._replica is None:
+            return self.patch(resource, key, patch)
+        body = _body(patch)
+        given = object_rv(body)
+        for _ in range(5):  # another node changed the object between our read and our write
+            await self._replica.sync(None)
+            current = self._current(resource, key)
+            _check_rv(resource, key, body, current)
+            merged = merge_patch(current.object, body)
+            if _key_of(merged) != key:
+                raise BadRequest("a patch cannot change metadata.name")
+            try:
+                return await self._write(resource, EventType.MODIFIED, key, merged, current.rv)
+            except Conflict:
+                if given is not None:
+                    raise
+        raise Conflict(f'{resource} "{key[:100]}" keeps changing; try again', retry_after=1)
+
+    async def adelete(self, resource: str, key: str, *, resource_version: str | None = None) -> Any:
+        if self._replica is None:
+            return self.delete(resource, key, resource_version=resource_version)
+        expect = self._expectation(resource, key, resource_version)
+        return await self._write(resource, EventType.DELETED, key, None, expect)
+
+    async def aseed(self, resource: str, objects: Iterable[Any]) -> int:
+        """Load start-up state: with a shared log, each object not there yet is created
+        (several nodes seeding the same objects create each once); returns how many."""
+        if self._replica is None:
+            return self.seed(resource, objects)
+        count = 0
+        for obj in objects:
+            with contextlib.suppress(AlreadyExists):
+                await self._write(resource, EventType.ADDED, object_key(obj), obj, ABSENT)
+                count += 1
+        return count
+
+    def _expectation(self, resource: str, key: str, given: str | None) -> Expect:
+        if given is None:
+            return PRESENT
+        if given.isascii() and given.isdigit() and len(given) <= 19:
+            return int(given)
+        current = self._current(resource, key)  # an rv that cannot be current
+        raise Conflict(_conflict_message(resource, key, given, current.rv))
+
+    async def _write(
+        self, resource: str, etype: EventType, key: str, obj: Any, expect: Expect = None
+    ) -> Any:
+        replica = self._replica
+        assert replica is not None
+        log = self.state.log(resource)
+        self._resource(resource)
+        body = None
+        if obj is not None:
+            try:
+                body = encode(obj)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"the object cannot be encoded as JSON: {exc}") from None
+            if len(body) > self.state.max_object_bytes:
+                raise RequestEntityTooLarge(
+                    f"object {key[:100]!r} is {len(body)} bytes encoded; the limit is "
+                    f"{self.state.max_object_bytes}"
+                )
+        write = Write(resource=resource, key=key, type=etype.value, object=body, expect=expect)
+        rv = await replica.backend.append(write, Retention(log.max_events, log.max_age))
+        self.metrics.events_published(resource, 1)
+        with contextlib.suppress(Timeout):
+            await replica.wait_applied(rv)  # read your writes on this node
+        with self._lock:
+            entry = self.state.log(resource).entry(rv)
+        if entry is not None:
+            return entry.object
+        return None if obj is None else _stamp(obj, rv)
+
+    async def _sync(self, parsed: WatchRequest) -> None:
+        """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log."""
+        replica = self._replica
+        if replica is not None and parsed.resource_version != 0:
+            await replica.sync(parsed.resource_version)
+
+    def _end_watches(self, reason: CloseReason) -> None:
+        self.state.end_watches(reason)
+        for stream in list(self._streams):
+            stream.on_shutdown()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -454,6 +653,7 @@ class Hub:
         try:
             res = self._resource(resource)
             parsed = parse_request(request.query, key=request.key)
+            await self._sync(parsed)
             if res.source is StateSource.CALLBACK:
                 head = self.head
                 self._check_not_ahead(parsed, head)
@@ -534,9 +734,8 @@ class Hub:
         self._call(self._begin_shutdown)
 
     def _begin_shutdown(self) -> None:
-        self.state.begin_shutdown()
-        for stream in list(self._streams):
-            stream.on_shutdown()
+        self.state.closing = True
+        self._end_watches(CloseReason.SHUTDOWN)
 
     async def aclose(self) -> None:
         """Shut down: end every stream, wait up to ``shutdown_grace``, cancel what remains."""

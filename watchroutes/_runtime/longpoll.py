@@ -29,6 +29,7 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
     import anyio
 
     clock = hub.clock
+    await hub._sync(parsed)
     with hub._lock:
         opening = hub.state.open_watch(
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer

@@ -181,6 +181,7 @@ async def open_session(
 ) -> WatchSession:
     """Register a watch and build its session; raises ``Expired`` and the other client errors
     of opening a watch (DESIGN 3.2)."""
+    await hub._sync(parsed)
     with hub._lock:
         opening = hub.state.open_watch(
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer

@@ -110,6 +110,7 @@ _CLOSE_FOR: dict[CloseReason, CloseCode] = {
     CloseReason.SHUTDOWN: CloseCode.RESTART,
     CloseReason.TIMEOUT: CloseCode.NORMAL,
     CloseReason.ERROR: CloseCode.ERROR,
+    CloseReason.UNAVAILABLE: CloseCode.TRY_AGAIN,
 }
 
 
@@ -422,5 +423,6 @@ _REASONS: dict[int, str] = {
     CloseCode.NORMAL: "timeoutSeconds passed",
     CloseCode.SLOW: "slow consumer: resume from the last resourceVersion",
     CloseCode.RESTART: "the server is shutting down",
+    CloseCode.TRY_AGAIN: "the event log is unavailable: resume later",
     CloseCode.ERROR: "the watch failed",
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 import anyio
 
@@ -53,8 +53,18 @@ class MemoryLog:
     def __init__(self, *, clock_us: Callable[[], int] | None = None) -> None:
         self._clock_us = clock_us or (lambda: time.time_ns() // 1000)
         self._waiters: set[anyio.Event] = set()
-        self.available = True  # tests switch it off to act out an outage
+        self._available = True
         self.wipe()
+
+    @property
+    def available(self) -> bool:
+        """Tests switch it off to act out an outage: every call raises ServiceUnavailable."""
+        return self._available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._available = value
+        self._notify()
 
     def wipe(self) -> None:
         """Start again from nothing, as a flushed Redis: a new epoch, rvs above the old."""
@@ -141,7 +151,7 @@ class MemoryLog:
         records = res.records
         return records[bisect.bisect_right(records, after, key=_rv) :]
 
-    async def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncIterator[Batch]:
+    async def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncGenerator[Batch]:
         names = list(resources)
         while True:
             self._check()

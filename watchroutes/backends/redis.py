@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -315,7 +315,7 @@ class RedisLog:
             records.sort(key=lambda r: r.rv)
         return Batch(reply[0].decode(), int(reply[1]), records)
 
-    async def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncIterator[Batch]:
+    async def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncGenerator[Batch]:
         names = list(resources)
         pubsub = self._redis.pubsub()
         epoch = None

@@ -1,0 +1,240 @@
+"""Several hubs following one shared log (the in-process reference backend): what a
+multi-process deployment on Redis, NATS or PostgreSQL must do, without servers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from watchroutes import (
+    AlreadyExists,
+    Conflict,
+    Hub,
+    NotFound,
+    ServiceUnavailable,
+    UsageError,
+)
+from watchroutes.backends.memory import MemoryLog
+from watchroutes.testing import WatchClient
+
+pytestmark = pytest.mark.anyio
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110 - polls state that has no event of its own
+            await anyio.sleep(0.02)
+
+
+def order(name: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"region": "eu"}}, "spec": spec}
+
+
+class Node:
+    def __init__(self, log: MemoryLog, **options: Any) -> None:
+        from watchroutes.adapters.starlette import watch_endpoint
+
+        self.hub = Hub(backend=log, heartbeat=1.0, **options)
+        self.orders = self.hub.resource("orders", kind="Order", retention_events=50)
+        app = Starlette(
+            routes=[
+                Route("/orders", watch_endpoint(self.orders)),
+                Route("/orders/{name}", watch_endpoint(self.orders, key="name")),
+            ]
+        )
+        self.client = WatchClient(app)
+
+
+@asynccontextmanager
+async def nodes(log: MemoryLog, count: int) -> AsyncIterator[list[Node]]:
+    async with AsyncExitStack() as stack:
+        started = [Node(log) for _ in range(count)]
+        for node in started:
+            await stack.enter_async_context(node.hub)
+        yield started
+
+
+async def test_a_change_on_one_node_reaches_watchers_on_another() -> None:
+    log = MemoryLog()
+    async with nodes(log, 2) as (a, b):
+        async with b.client.stream("GET", "/orders?watch=true&allowWatchBookmarks=true") as stream:
+            first = await stream.next_line()  # the end of the (empty) initial events
+            assert first["type"] == "BOOKMARK"
+            stored = await a.orders.acreate(order("o-1", qty=1))
+            event = await stream.next_line()
+        assert event["type"] == "ADDED"
+        assert event["object"] == stored
+        assert stored["metadata"]["resourceVersion"] == event["resourceVersion"]
+
+
+async def test_reads_on_any_node_see_every_acknowledged_write() -> None:
+    """A list without an rv is served at least at the log's head (DESIGN 3.1)."""
+    log = MemoryLog()
+    async with nodes(log, 2) as (a, b):
+        for i in range(20):
+            stored = await a.orders.acreate(order(f"o-{i}"))
+            listed = (await b.client.get("/orders")).json()
+            assert listed["metadata"]["resourceVersion"] >= stored["metadata"]["resourceVersion"]
+            assert stored in listed["items"]
+
+
+async def test_a_client_resumes_on_another_node_with_exactly_the_missed_events() -> None:
+    log = MemoryLog()
+    async with nodes(log, 3) as (a, b, c):
+        for i in range(3):
+            await a.orders.acreate(order(f"o-{i}"))
+        seen: list[str] = []
+        async with b.client.stream(
+            "GET", "/orders?watch=true&resourceVersion=0&allowWatchBookmarks=true"
+        ) as stream:
+            async for event in stream.json_lines():
+                if event["type"] == "BOOKMARK":
+                    break
+                seen.append(event["resourceVersion"])
+        last = seen[-1]
+        missed = [await a.orders.apatch(f"o-{i}", {"spec": {"n": i}}) for i in range(3)]
+        async with c.client.stream(
+            "GET", "/orders", params={"watch": "true", "resourceVersion": last}
+        ) as stream:
+            resumed = [await stream.next_line() for _ in range(3)]
+        assert [e["object"] for e in resumed] == missed
+        assert [e["type"] for e in resumed] == ["MODIFIED"] * 3
+
+
+async def test_a_late_node_loads_the_state_and_the_history() -> None:
+    log = MemoryLog()
+    async with nodes(log, 1) as (a,):
+        first = await a.orders.acreate(order("o-1"))
+        await a.orders.acreate(order("o-2"))
+        await a.orders.adelete("o-2")
+        await a.orders.apatch("o-1", {"spec": {"qty": 5}})
+        async with nodes(log, 1) as (late,):
+            assert late.hub.list("orders") == a.hub.list("orders")
+            async with late.client.stream(
+                "GET",
+                "/orders",
+                params={"watch": "true", "resourceVersion": first["metadata"]["resourceVersion"]},
+            ) as stream:
+                types = [(await stream.next_line())["type"] for _ in range(3)]
+            assert types == ["ADDED", "DELETED", "MODIFIED"]
+
+
+async def test_writes_check_their_expectations_against_the_shared_log() -> None:
+    log = MemoryLog()
+    async with nodes(log, 2) as (a, b):
+        stored = await a.orders.acreate(order("o-1", qty=1))
+        with pytest.raises(AlreadyExists):
+            await b.orders.acreate(order("o-1"))
+        await b.orders.apatch("o-1", {"spec": {"qty": 2}})
+        with pytest.raises(Conflict):
+            await a.orders.areplace(stored)  # carries the rv it read: stale now
+        with pytest.raises(NotFound):
+            await b.orders.adelete("nope")
+        merged = await a.orders.apatch("o-1", {"status": {"phase": "paid"}})
+        assert merged["spec"] == {"qty": 2}  # patched on top of b's change
+        deleted = await b.orders.adelete(
+            "o-1", resource_version=merged["metadata"]["resourceVersion"]
+        )
+        assert int(deleted["metadata"]["resourceVersion"]) > int(
+            merged["metadata"]["resourceVersion"]
+        )
+        with pytest.raises(NotFound):
+            a.hub.get("orders", "o-1")
+
+
+async def test_concurrent_writers_on_several_nodes_never_share_a_version() -> None:
+    log = MemoryLog()
+    async with nodes(log, 3) as trio_of_nodes:
+        rvs: list[int] = []
+
+        async def write(node: Node, n: int) -> None:
+            for i in range(30):
+                stored = await node.orders.apublish("ADDED", order(f"n{n}-{i}"))
+                rvs.append(int(stored["metadata"]["resourceVersion"]))
+
+        async with anyio.create_task_group() as tg:
+            for n, node in enumerate(trio_of_nodes):
+                tg.start_soon(write, node, n)
+        assert len(set(rvs)) == 90
+        heads = {node.hub.list("orders")[0] for node in trio_of_nodes}
+        assert heads == {str(max(rvs))}
+
+
+async def test_an_outage_ends_watches_resumably_and_refuses_new_ones() -> None:
+    log = MemoryLog()
+    async with nodes(log, 2) as (a, b):
+        await a.orders.acreate(order("o-1"))
+        async with b.client.stream(
+            "GET", "/orders?watch=true&resourceVersion=0&allowWatchBookmarks=true"
+        ) as stream:
+            added = await stream.next_line()
+            await stream.next_line()  # the initial events' end bookmark
+            log.available = False
+            with anyio.fail_after(5):
+                rest = await stream.read()
+        assert rest == b""  # ended, without a bookmark: the client resumes from its last rv
+        refused = await b.client.get("/orders?watch=true&allowWatchBookmarks=true")
+        assert refused.status == 503
+        assert refused.json()["reason"] == "ServiceUnavailable"
+        with pytest.raises(ServiceUnavailable):
+            await a.orders.acreate(order("o-2"))
+        log.available = True
+        await until(lambda: b.hub.available)
+        missed = await a.orders.acreate(order("o-2"))
+        async with b.client.stream(
+            "GET", "/orders", params={"watch": "true", "resourceVersion": added["resourceVersion"]}
+        ) as stream:
+            assert (await stream.next_line())["object"] == missed
+
+
+async def test_a_wiped_log_makes_clients_start_over() -> None:
+    log = MemoryLog()
+    async with nodes(log, 1) as (a,):
+        stored = await a.orders.acreate(order("o-1"))
+        rv = stored["metadata"]["resourceVersion"]
+        async with a.client.stream("GET", "/orders?watch=true&allowWatchBookmarks=true") as stream:
+            await stream.next_line()
+            await stream.next_line()
+            log.wipe()
+            with anyio.fail_after(5):
+                assert await stream.read() == b""
+        await until(lambda: not a.hub.list("orders")[1])
+        gone = await a.client.get("/orders", params={"watch": "true", "resourceVersion": rv})
+        assert gone.status == 200
+        assert b'"code":410' in gone.body
+        async with a.client.stream(
+            "GET",
+            "/orders",
+            params={"resourceVersion": rv},
+            headers={"accept": "text/event-stream"},
+        ) as stream:
+            reset = await stream.next_event()
+        assert reset["type"] == "RESET"
+
+
+async def test_a_version_ahead_of_the_log_is_expired() -> None:
+    log = MemoryLog()
+    async with nodes(log, 1) as (a,):
+        head = int(a.hub.list("orders")[0])
+        reply = await a.client.get("/orders", params={"resourceVersion": str(head + 10**9)})
+        assert reply.status == 410
+
+
+async def test_plain_writes_need_another_thread_with_a_shared_log() -> None:
+    log = MemoryLog()
+    async with nodes(log, 1) as (a,):
+        with pytest.raises(UsageError, match="await"):
+            a.orders.create(order("o-1"))
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(a.orders.create(order("o-2"))))
+        thread.start()
+        await until(lambda: not thread.is_alive())
+        assert result[0]["metadata"]["name"] == "o-2"
+        assert a.hub.get("orders", "o-2") == result[0]

@@ -1,0 +1,187 @@
+"""A hub's link to a shared log: the one follower of this process, and consistent reads.
+
+The follower loads the log's image (epoch, head, each resource's history and object state),
+then applies every batch the backend reports to the hub's state, which fans the entries out to
+the local watchers. The publishing node learns of its own writes the same way (DESIGN 2).
+
+* **Outage**: the backend raises ``ServiceUnavailable``. Every watch ends resumably
+  (``CloseReason.UNAVAILABLE``: SSE and JSON lines end, WebSocket closes 1013) and the follower
+  reconnects with exponential backoff and jitter. New watches get 503 meanwhile. On
+  reconnection, the same epoch continues from this node's head, unless the backend has
+  compacted past it (then the node reloads, as for a new epoch).
+* **New epoch** (a wiped Redis, a recreated stream): the node ends its watches, drops its
+  cache and loads the new log; clients resume into RESET or 410, never across the gap.
+* **Consistent reads** (DESIGN 3.1): a watch or list without an rv is served at least at the
+  backend's head, and one with ``resourceVersion=N`` at least at ``N``; a node that has not
+  applied that far waits up to :data:`SYNC_TIMEOUT` seconds, then answers 504 ``Timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from .._core.backend import Loaded, LogBackend, Retention
+from .._core.errors import Expired, ServiceUnavailable, Timeout
+from .._core.registry import CloseReason
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["SYNC_TIMEOUT", "Replica"]
+
+logger = logging.getLogger("watchroutes")
+
+#: How long a request waits for this node to apply the log as far as it needs (DESIGN 1).
+SYNC_TIMEOUT: Final = 3.0
+#: How long ``Hub.start`` waits for the first load before serving 503s and retrying behind.
+START_TIMEOUT: Final = 5.0
+_BACKOFF_FIRST: Final = 0.1
+_BACKOFF_MAX: Final = 5.0
+
+
+class Replica:
+    """Follows ``backend`` into ``hub.state``; one per hub, run in the hub's task group."""
+
+    def __init__(self, hub: Hub, backend: LogBackend) -> None:
+        self.hub = hub
+        self.backend = backend
+        self.epoch: str | None = None
+        #: True while the follower is connected and this node's state is the log's.
+        self.available = False
+        self.lag_seconds = 0.0
+        self._waiters: list[tuple[int, anyio.Event]] = []
+        self._loaded: anyio.Event | None = None
+        self._random = random.Random()
+
+    def retention(self) -> dict[str, Retention]:
+        return {
+            name: Retention(log.max_events, log.max_age)
+            for name, log in self.hub.state.logs.items()
+        }
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Run the follower in ``tg``; wait (bounded) until the first load is done."""
+        self._loaded = anyio.Event()
+        tg.start_soon(self._run)
+        with anyio.move_on_after(START_TIMEOUT):
+            await self._loaded.wait()
+        if not self.available:
+            logger.warning("the event log at %s is not reachable yet; retrying", self.backend.url)
+
+    # -- the follower --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                await self._follow()
+            except ServiceUnavailable as exc:
+                if self.available:
+                    logger.warning("event log lost: %s", exc.message)
+                self._lost()
+            await anyio.sleep(delay * (0.5 + self._random.random()))
+            delay = min(delay * 2, _BACKOFF_MAX)
+            if self.available:
+                delay = _BACKOFF_FIRST
+
+    async def _follow(self) -> None:
+        hub = self.hub
+        retention = self.retention()
+        loaded = await self.backend.open(retention)
+        with hub._lock:
+            if not self._continues(loaded):
+                self._reload(loaded)
+            self.available = True
+        if self._loaded is not None:
+            self._loaded.set()
+        self._wake()
+        async with contextlib.aclosing(self.backend.follow(retention, hub.state.head)) as batches:
+            async for batch in batches:
+                if batch.epoch != self.epoch:
+                    logger.warning("the event log at %s has a new epoch", self.backend.url)
+                    return  # reload: _run calls _follow again at once
+                with hub._lock:
+                    applied = hub.state.apply(batch.records, batch.head, hub.clock.now())
+                if applied:
+                    newest = batch.records[-1].rv
+                    self.lag_seconds = max(0.0, time.time() - newest / 1e6)
+                    hub.metrics.follower_lag(self.lag_seconds)
+                self._wake()
+
+    def _continues(self, loaded: Loaded) -> bool:
+        """Whether this node can go on from its head in ``loaded`` (same epoch, nothing it
+        has not seen compacted away)."""
+        if loaded.epoch != self.epoch:
+            return False
+        head = self.hub.state.head
+        return all(part.watermark <= head for part in loaded.resources.values())
+
+    def _reload(self, loaded: Loaded) -> None:
+        hub = self.hub
+        if self.epoch is not None:
+            hub._end_watches(CloseReason.UNAVAILABLE)
+        hub.state.load(loaded, hub.clock.now())
+        self.epoch = loaded.epoch
+        logger.info(
+            "loaded the event log at %s: epoch %s, head %d",
+            self.backend.url,
+            loaded.epoch,
+            loaded.head,
+        )
+
+    def _lost(self) -> None:
+        hub = self.hub
+        with hub._lock:
+            was = self.available
+            self.available = False
+            if was:
+                hub._end_watches(CloseReason.UNAVAILABLE)
+
+    def _wake(self) -> None:
+        head = self.hub.state.head
+        waiting = []
+        for target, event in self._waiters:
+            if head >= target:
+                event.set()
+            else:
+                waiting.append((target, event))
+        self._waiters = waiting
+
+    # -- consistent reads ----------------------------------------------------------------------
+
+    async def sync(self, rv: int | None) -> None:
+        """Return once this node has applied the log at least to ``rv`` (``None``: to the
+        backend's current head). ``Expired`` if ``rv`` is above the log's head,
+        ``ServiceUnavailable`` if the log cannot be reached, ``Timeout`` after
+        :data:`SYNC_TIMEOUT`."""
+        if not self.available:
+            raise ServiceUnavailable(f"the event log at {self.backend.url} is unavailable")
+        state = self.hub.state
+        if rv is not None and rv <= state.head:
+            return
+        epoch, head = await self.backend.head()
+        if epoch != self.epoch:
+            raise ServiceUnavailable("the event log is being reloaded (a new epoch)")
+        if rv is not None and rv > head:
+            raise Expired(f"resource version {rv} is newer than this log's head ({head})")
+        target = head if rv is None else rv
+        await self.wait_applied(target)
+
+    async def wait_applied(self, target: int) -> None:
+        if self.hub.state.head >= target:
+            return
+        event = anyio.Event()
+        self._waiters.append((target, event))
+        with anyio.move_on_after(SYNC_TIMEOUT):
+            await event.wait()
+        if not event.is_set():
+            raise Timeout(
+                f"this server has not caught up with the event log's resource version "
+                f"{target} yet; try again"
+            )
