@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import socket
 import sys
 
-from .orders import Settings
+from .orders import Settings, start
 
 FRAMEWORKS = ("starlette", "fastapi")
 
@@ -64,9 +65,16 @@ def main(argv: list[str]) -> None:
         lifespan="off",
         timeout_graceful_shutdown=8,
     )
+    hub = app.state.hub
+
+    class Orders(Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await start(hub, settings)  # the hub follows its log by now
+            await super().startup(sockets)
+
     # uvicorn re-raises the captured SIGINT after its clean shutdown, as KeyboardInterrupt.
     with contextlib.suppress(KeyboardInterrupt):
-        Server(config, hubs=[app.state.hub], announce=True).run()
+        Orders(config, hubs=[hub], announce=True).run()
 
 
 if __name__ == "__main__":

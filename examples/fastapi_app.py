@@ -88,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/orders", status_code=201)
     async def create_order(request: Request) -> Any:
         body = decode_body(await request.body(), request.headers.get("content-type"))
-        return orders.create(body)
+        return await orders.acreate(body)
 
     @app.get("/orders/{name}")
     @watchable(orders, key="name")
@@ -98,15 +98,15 @@ def create_app(settings: Settings) -> FastAPI:
     @app.put("/orders/{name}")
     async def replace_order(name: str, request: Request) -> Any:
         body = decode_body(await request.body(), request.headers.get("content-type"))
-        return orders.replace(body, key=name)
+        return await orders.areplace(body, key=name)
 
     @app.patch("/orders/{name}")
     async def patch_order(name: str, request: Request) -> Any:
         body = decode_body(await request.body(), request.headers.get("content-type"), patch=True)
-        return orders.patch(name, body)
+        return await orders.apatch(name, body)
 
     @app.delete("/orders/{name}")
     async def delete_order(name: str) -> Any:
-        return orders.delete(name)
+        return await orders.adelete(name)
 
     return app

@@ -37,13 +37,28 @@ class Settings:
 
 
 def make_hub(settings: Settings) -> tuple[Hub, Resource]:
-    if settings.backend not in (None, "", "memory", "memory://"):
-        raise SystemExit(f"backend {settings.backend!r} is not available in this version")
-    hub = Hub(heartbeat=settings.heartbeat, buffer=settings.buffer, metrics=PrometheusMetrics())
+    """The hub, on the shared log ``settings.backend`` names (``redis://``, ``nats://``,
+    ``postgresql://``) or in memory. With a shared log, ``--seed`` runs once the hub follows
+    it (see :func:`start`)."""
+    backend = settings.backend
+    if backend in ("", "memory", "memory://"):
+        backend = None
+    hub = Hub(
+        heartbeat=settings.heartbeat,
+        buffer=settings.buffer,
+        metrics=PrometheusMetrics(),
+        backend=backend,
+    )
     orders = hub.resource("orders", kind="Order", retention_events=settings.retention)
-    if settings.seed:
+    if settings.seed and hub.backend is None:
         orders.seed(demo_orders(settings.seed))
     return hub, orders
+
+
+async def start(hub: Hub, settings: Settings) -> None:
+    """What runs once the hub follows its log: seeding a shared log (each object once)."""
+    if settings.seed and hub.backend is not None:
+        await hub.resources["orders"].aseed(demo_orders(settings.seed))
 
 
 def demo_orders(count: int) -> list[dict[str, Any]]:

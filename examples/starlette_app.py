@@ -58,19 +58,19 @@ def create_app(settings: Settings) -> Starlette:
 
     async def create_order(request: Request) -> Response:
         body = decode_body(await request.body(), request.headers.get("content-type"))
-        return JSONResponse(orders.create(body), status_code=201)
+        return JSONResponse(await orders.acreate(body), status_code=201)
 
     async def replace_order(request: Request) -> Response:
         body = decode_body(await request.body(), request.headers.get("content-type"))
-        return JSONResponse(orders.replace(body, key=request.path_params["name"]))
+        return JSONResponse(await orders.areplace(body, key=request.path_params["name"]))
 
     async def patch_order(request: Request) -> Response:
         ctype = request.headers.get("content-type")
         body = decode_body(await request.body(), ctype, patch=True)
-        return JSONResponse(orders.patch(request.path_params["name"], body))
+        return JSONResponse(await orders.apatch(request.path_params["name"], body))
 
     async def delete_order(request: Request) -> Response:
-        return JSONResponse(orders.delete(request.path_params["name"]))
+        return JSONResponse(await orders.adelete(request.path_params["name"]))
 
     async def collection(request: Request) -> Response:
         if request.method == "POST":

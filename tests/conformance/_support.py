@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,6 +27,8 @@ import pytest
 
 from watchroutes.testing import SSEMessage, SSEParser
 from watchroutes.testing.httpx import StreamingASGITransport
+
+from .._services import REDIS_URL, require
 
 __all__ = [
     "EXIT_TIMEOUT",
@@ -48,9 +51,16 @@ __all__ = [
     "xfail_if",
 ]
 
-#: Each example app on a real uvicorn, and in memory through
-#: ``watchroutes.testing.httpx.StreamingASGITransport`` (the same scenarios, no sockets).
-FRAMEWORKS: Final = ("starlette", "fastapi", "starlette-memory", "fastapi-memory")
+#: Each example app on a real uvicorn, in memory through
+#: ``watchroutes.testing.httpx.StreamingASGITransport`` (the same scenarios, no sockets), and
+#: on a shared log (``--backend``: the same wire behaviour through a Redis-backed hub).
+FRAMEWORKS: Final = (
+    "starlette",
+    "fastapi",
+    "starlette-memory",
+    "fastapi-memory",
+    "starlette-redis",
+)
 READY_TIMEOUT: Final = 20.0
 EXIT_TIMEOUT: Final = 10.0
 #: Any single read from a server; a stream that stays silent longer is a failure.
@@ -299,10 +309,24 @@ class Server:
         if self.in_memory:
             pytest.skip("needs a real server process")
 
+    #: The Redis key prefix of this server's own log (``-redis`` variants), wiped at stop.
+    prefix: str | None = None
+
     @classmethod
     def start(cls, framework: str, *args: str) -> Server:
         if framework.endswith("-memory"):
             return MemoryServer.start_memory(framework.removesuffix("-memory"), *args)
+        prefix = None
+        if framework.endswith("-redis"):
+            require("redis")
+            prefix = f"conformance-{uuid.uuid4().hex[:12]}"
+            args = ("--backend", f"{REDIS_URL}?prefix={prefix}", *args)
+        server = cls._spawn(framework.removesuffix("-redis"), args)
+        server.prefix = prefix
+        return server
+
+    @classmethod
+    def _spawn(cls, framework: str, args: tuple[str, ...]) -> Server:
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         command = [
             sys.executable,
@@ -367,6 +391,8 @@ class Server:
             self._stderr.seek(0)
             log = self._stderr.read().decode(errors="replace")
             self._stderr.close()
+            if self.prefix is not None:
+                wipe_redis(self.prefix)
         return log
 
     # -- plain requests ----------------------------------------------------------------------
@@ -459,6 +485,19 @@ class Server:
             assert response.status_code == 200, response.read()
             assert response.headers["content-type"] == "application/json"
             yield LineStream(response)
+
+
+def wipe_redis(prefix: str) -> None:
+    """Delete the keys of the log under ``prefix`` in the test Redis."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 class MemoryServer(Server):

@@ -115,7 +115,8 @@ def _rss_kib(pid: int) -> int:
 def test_a_watcher_that_stops_reading_is_disconnected_and_memory_stays_bounded(
     launch: Launch,
 ) -> None:
-    server = launch("--heartbeat", "30", "--buffer", "100")
+    # Retention of 100 events: what grows is then only what the watchers queue, not history.
+    server = launch("--heartbeat", "30", "--buffer", "100", "--retention", "100")
     server.create("big", item="x" * 2048)
     port = int(server.base_url.rsplit(":", 1)[1])
     stuck = socket.socket()

@@ -300,16 +300,22 @@ class HubState:
 
     # -- following a shared log (DESIGN 2: every node learns of each event the same way) ------
 
-    def _record_entry(self, record: Record, now: float) -> Entry:
+    def _record_entry(self, record: Record, now: float, current: Entry | None = None) -> Entry:
+        """The entry of a shared log's record; ``prev`` is ``current``'s object (no second
+        copy) when ``current`` is the version the record replaced, as it is when following."""
         rv = record.rv
-        prev = record.prev
+        prev: Any = None
+        if current is not None and current.rv == record.prev_rv:
+            prev = current.object
+        elif record.prev is not None:
+            prev = _stamp(_decode(record.prev), record.prev_rv)
         return Entry(
             rv=rv,
             resource=record.resource,
             key=record.key,
             type=EventType(record.type),
             object=_stamp(_decode(record.object), rv),
-            prev=None if prev is None else _stamp(_decode(prev), record.prev_rv),
+            prev=prev,
             time=now,
         )
 
@@ -322,7 +328,7 @@ class HubState:
             log = logs.get(record.resource)
             if log is None or record.rv <= self.head:
                 continue  # another app's resource, or already loaded
-            entry = self._record_entry(record, now)
+            entry = self._record_entry(record, now, log.state.get(record.key))
             self.versions.advance(entry.rv)
             log.append(entry)
             self.published += 1
@@ -346,7 +352,7 @@ class HubState:
             )
             if part is not None:
                 for record in part.records:
-                    log.append(self._record_entry(record, now))
+                    log.append(self._record_entry(record, now, log.state.get(record.key)))
                 log.state = {
                     r.key: self._record_entry(r, now)
                     for r in sorted(part.state, key=lambda r: r.rv)

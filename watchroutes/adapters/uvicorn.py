@@ -1,9 +1,10 @@
-"""Graceful shutdown under uvicorn (DESIGN 5.6).
+"""Hubs' lifecycle and graceful shutdown under uvicorn (DESIGN 5.6).
 
-uvicorn sends the ASGI lifespan shutdown only after every connection has closed, so a hub
-closed from the lifespan would wait for watch streams that never end. This ``Server`` ends
-the hubs' streams (final bookmark, then the end; clients resume elsewhere) as soon as the exit
-signal arrives, before uvicorn starts waiting for connections::
+This ``Server`` starts its hubs before serving (a hub on a shared log loads it and starts its
+follower), and ends the hubs' streams (final bookmark, then the end; clients resume elsewhere)
+as soon as the exit signal arrives, before uvicorn starts waiting for connections: uvicorn
+sends the ASGI lifespan shutdown only after every connection has closed, so a hub closed from
+the lifespan would wait for watch streams that never end::
 
     config = uvicorn.Config(app, host="127.0.0.1", port=8000)
     Server(config, hubs=[hub]).run()
@@ -11,6 +12,7 @@ signal arrives, before uvicorn starts waiting for connections::
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 from collections.abc import Iterable
@@ -47,6 +49,12 @@ class Server(uvicorn.Server):
                     host = f"[{host}]"
                 return f"http://{host}:{port}"
         return f"http://{self.config.host}:{self.config.port}"
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for hub in self.hubs:
+                await stack.enter_async_context(hub)
+            await super().serve(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         for hub in self.hubs:
