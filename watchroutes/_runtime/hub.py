@@ -540,13 +540,15 @@ class Hub:
         write = Write(resource=resource, key=key, type=etype.value, object=body, expect=expect)
         rv = await replica.backend.append(write, Retention(log.max_events, log.max_age))
         self.metrics.events_published(resource, 1)
+        if obj is not None:
+            # No need to wait for this node's follower: every read syncs to the log's head
+            # first (DESIGN 3.1), so the writer reads its write on any node.
+            return _stamp(obj, rv)
         with contextlib.suppress(Timeout):
-            await replica.wait_applied(rv)  # read your writes on this node
+            await replica.wait_applied(rv)  # a deletion returns the object it removed
         with self._lock:
             entry = self.state.log(resource).entry(rv)
-        if entry is not None:
-            return entry.object
-        return None if obj is None else _stamp(obj, rv)
+        return None if entry is None else entry.object
 
     async def _sync(self, parsed: WatchRequest) -> None:
         """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log."""

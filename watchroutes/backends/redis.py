@@ -103,21 +103,27 @@ else
   redis.call('HSET', state, key, rvs .. ':' .. obj)
 end
 redis.call('HSET', meta, 'head', rvs)
+-- retention: evict from the front (the oldest) what is over the count or older than the age
 local cut = now - tonumber(ARGV[7])
-local len = redis.call('XLEN', log)
-local over = len - tonumber(ARGV[6])
-if over > 0 then
-  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', over + 1)
-  local id = first[#first][1]
-  local kept = tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
-  if kept > cut then cut = kept end
+local over = redis.call('XLEN', log) - tonumber(ARGV[6])
+local last, from, done = nil, '-', false
+while not done do
+  local chunk = redis.call('XRANGE', log, from, '+', 'COUNT', 4)
+  for _, entry in ipairs(chunk) do
+    local id = entry[1]
+    if over <= 0 and tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1)) >= cut then
+      done = true
+      break
+    end
+    last, over = id, over - 1
+  end
+  if #chunk < 4 then done = true end
+  if not done then from = '(' .. chunk[#chunk][1] end
 end
-local cuts = string.format('%.0f', cut)
-local gone = redis.call('XREVRANGE', log, '(' .. cuts .. '-0', '-', 'COUNT', 1)
-if #gone > 0 then
-  local id = gone[1][1]
-  redis.call('XTRIM', log, 'MINID', cuts .. '-0')
-  redis.call('HSET', meta, 'wm:' .. resource, string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+if last then
+  local wm = string.sub(last, 1, string.find(last, '-', 1, true) - 1)
+  redis.call('XTRIM', log, 'MINID', wm .. '-1')
+  redis.call('HSET', meta, 'wm:' .. resource, wm)
 end
 redis.call('PUBLISH', ARGV[9], rvs)
 return {'ok', rvs}
