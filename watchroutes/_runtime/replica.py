@@ -115,11 +115,13 @@ class Replica:
                 self._wake()
 
     def _continues(self, loaded: Loaded) -> bool:
-        """Whether this node can go on from its head in ``loaded`` (same epoch, nothing it
-        has not seen compacted away)."""
+        """Whether this node can go on from its head in ``loaded`` (same epoch, not behind this
+        node, nothing it has not seen compacted away)."""
         if loaded.epoch != self.epoch:
             return False
         head = self.hub.state.head
+        if loaded.head < head:  # the log went back (restored from an older copy): reload
+            return False
         return all(part.watermark <= head for part in loaded.resources.values())
 
     def _reload(self, loaded: Loaded) -> None:
