@@ -73,13 +73,17 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Callable[[], Server]]:
     try:
         yield start
     finally:
-        logs = [s.stop() for s in servers if s.process.poll() is None]
+        logs = [s.stop() for s in servers if s not in killed]
         remove()
         assert not [log for log in logs if "Traceback" in log], logs
 
 
+killed: set[Server] = set()
+
+
 def _kill(server: Server) -> None:
     """SIGKILL: no shutdown, no final bookmark (its files are closed here, not at stop)."""
+    killed.add(server)
     server.process.kill()
     server.process.wait(READ_TIMEOUT)
     server.client.close()

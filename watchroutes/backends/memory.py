@@ -26,7 +26,7 @@ from .._core.backend import (
     Write,
     check_expectation,
 )
-from .._core.errors import Expired, ServiceUnavailable
+from .._core.errors import Expired, NotFound, ServiceUnavailable
 from .._core.events import EventType
 
 __all__ = ["MemoryLog"]
@@ -106,7 +106,7 @@ class MemoryLog:
         obj = write.object
         if obj is None:
             if current is None:
-                raise ValueError("a DELETED write without an object needs a current object")
+                raise NotFound(f'{write.resource} "{write.key[:100]}" not found')
             obj = current.object
         now = self._clock_us()
         rv = self._head = max(self._head + 1, now)
