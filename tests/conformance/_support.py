@@ -28,7 +28,7 @@ import pytest
 from watchroutes.testing import SSEMessage, SSEParser
 from watchroutes.testing.httpx import StreamingASGITransport
 
-from .._services import REDIS_URL, require
+from .._services import POSTGRES_URL, REDIS_URL, require
 
 __all__ = [
     "EXIT_TIMEOUT",
@@ -60,6 +60,7 @@ FRAMEWORKS: Final = (
     "starlette-memory",
     "fastapi-memory",
     "starlette-redis",
+    "starlette-postgres",
 )
 READY_TIMEOUT: Final = 20.0
 EXIT_TIMEOUT: Final = 10.0
@@ -309,20 +310,20 @@ class Server:
         if self.in_memory:
             pytest.skip("needs a real server process")
 
-    #: The Redis key prefix of this server's own log (``-redis`` variants), wiped at stop.
-    prefix: str | None = None
+    #: Removes this server's own shared log (``-redis`` and ``-postgres`` variants) at stop.
+    cleanup: Callable[[], None] | None = None
 
     @classmethod
     def start(cls, framework: str, *args: str) -> Server:
         if framework.endswith("-memory"):
             return MemoryServer.start_memory(framework.removesuffix("-memory"), *args)
-        prefix = None
-        if framework.endswith("-redis"):
-            require("redis")
-            prefix = f"conformance-{uuid.uuid4().hex[:12]}"
-            args = ("--backend", f"{REDIS_URL}?prefix={prefix}", *args)
-        server = cls._spawn(framework.removesuffix("-redis"), args)
-        server.prefix = prefix
+        base, _, engine = framework.partition("-")
+        cleanup = None
+        if engine:
+            url, cleanup = shared_log(engine)
+            args = ("--backend", url, *args)
+        server = cls._spawn(base, args)
+        server.cleanup = cleanup
         return server
 
     @classmethod
@@ -391,8 +392,8 @@ class Server:
             self._stderr.seek(0)
             log = self._stderr.read().decode(errors="replace")
             self._stderr.close()
-            if self.prefix is not None:
-                wipe_redis(self.prefix)
+            if self.cleanup is not None:
+                self.cleanup()
         return log
 
     # -- plain requests ----------------------------------------------------------------------
@@ -485,6 +486,24 @@ class Server:
             assert response.status_code == 200, response.read()
             assert response.headers["content-type"] == "application/json"
             yield LineStream(response)
+
+
+def shared_log(engine: str) -> tuple[str, Callable[[], None]]:
+    """A fresh shared log on ``engine`` (``redis``, ``postgres``): its URL and its removal."""
+    require(engine)
+    name = f"conformance_{uuid.uuid4().hex[:12]}"
+    if engine == "redis":
+        return f"{REDIS_URL}?prefix={name}", lambda: wipe_redis(name)
+    if engine == "postgres":
+        return f"{POSTGRES_URL}?schema={name}", lambda: drop_schema(name)
+    raise ValueError(f"no shared log engine {engine!r}")
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def wipe_redis(prefix: str) -> None:

@@ -16,18 +16,11 @@ from typing import Any
 import pytest
 
 from .._services import NATS_URL, POSTGRES_URL, REDIS_URL, require
-from ._support import READ_TIMEOUT, Server, SSEStream, envelope, wipe_redis
+from ._support import READ_TIMEOUT, Server, SSEStream, drop_schema, envelope, wipe_redis
 
 pytestmark = pytest.mark.network
 
 EVENTS = 60
-
-
-def _drop_schema(schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _delete_stream(stream: str) -> None:
@@ -55,7 +48,7 @@ def _log(engine: str) -> tuple[str, Callable[[], None]]:
     if engine == "redis":
         return f"{REDIS_URL}?prefix={name}", lambda: wipe_redis(name)
     if engine == "postgres":
-        return f"{POSTGRES_URL}?schema={name}", lambda: _drop_schema(name)
+        return f"{POSTGRES_URL}?schema={name}", lambda: drop_schema(name)
     return f"{NATS_URL}?stream={name}", lambda: _delete_stream(name)
 
 

@@ -11,9 +11,12 @@ the local watchers. The publishing node learns of its own writes the same way (D
   compacted past it (then the node reloads, as for a new epoch).
 * **New epoch** (a wiped Redis, a recreated stream): the node ends its watches, drops its
   cache and loads the new log; clients resume into RESET or 410, never across the gap.
-* **Consistent reads** (DESIGN 3.1): a watch or list without an rv is served at least at the
-  backend's head, and one with ``resourceVersion=N`` at least at ``N``; a node that has not
-  applied that far waits up to :data:`SYNC_TIMEOUT` seconds, then answers 504 ``Timeout``.
+* **Consistent reads** (DESIGN 3.1): every list and watch (but ``resourceVersion=0``) is
+  served at least at the backend's head when the request arrives, so it sees every write
+  acknowledged before it on any node, and a resume is judged against the same history on
+  every node; a node that has not applied that far waits up to :data:`SYNC_TIMEOUT` seconds,
+  then answers 504 ``Timeout``. (DESIGN asks only "at least N" for a given rv; one round trip
+  to the backend buys the stronger rule.)
 """
 
 from __future__ import annotations
@@ -158,22 +161,18 @@ class Replica:
     # -- consistent reads ----------------------------------------------------------------------
 
     async def sync(self, rv: int | None) -> None:
-        """Return once this node has applied the log at least to ``rv`` (``None``: to the
-        backend's current head). ``Expired`` if ``rv`` is above the log's head,
-        ``ServiceUnavailable`` if the log cannot be reached, ``Timeout`` after
-        :data:`SYNC_TIMEOUT`."""
+        """Return once this node has applied the log as far as the backend's head now (so a
+        request sees every write acknowledged before it, whichever node took the write).
+        ``Expired`` if ``rv`` is above the log's head, ``ServiceUnavailable`` if the log
+        cannot be reached, ``Timeout`` after :data:`SYNC_TIMEOUT`."""
         if not self.available:
             raise ServiceUnavailable(f"the event log at {self.backend.url} is unavailable")
-        state = self.hub.state
-        if rv is not None and rv <= state.head:
-            return
         epoch, head = await self.backend.head()
         if epoch != self.epoch:
             raise ServiceUnavailable("the event log is being reloaded (a new epoch)")
         if rv is not None and rv > head:
             raise Expired(f"resource version {rv} is newer than this log's head ({head})")
-        target = head if rv is None else rv
-        await self.wait_applied(target)
+        await self.wait_applied(head)
 
     async def wait_applied(self, target: int) -> None:
         if self.hub.state.head >= target:
