@@ -1,0 +1,79 @@
+"""Memory per idle SSE watcher, for watchroutes and each peer, on the same machine.
+
+Run it from the repository root::
+
+    .venv/bin/python benchmarks/idle_memory.py                  # the table in docs/benchmarks.md
+    .venv/bin/python benchmarks/idle_memory.py --watchers 200 --rounds 1
+
+For each server of ``sse_fanout_servers.py`` (watchroutes on uvicorn, raw asyncio with and
+without uvloop, sse-starlette, aiohttp), a fresh server process: its RSS once it has served a
+first watcher and closed it (so that code paths are loaded and warm), then its RSS with
+``--watchers`` idle SSE watchers connected (each has received its first bytes). The difference
+divided by the watchers is the memory an idle watcher costs. Medians of ``--rounds``; the
+ratio column divides by sse-starlette's figure (issue target: watchroutes at most a third).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from sse_fanout import ServerProcess, close_all, open_watchers
+from sse_fanout_servers import SERVERS, pin_to_cpu, raise_open_files_limit
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+async def measure(kind: str, watchers: int) -> float:
+    async with ServerProcess(kind, cpu=0) as server:
+        assert server.proc is not None
+        warm = await open_watchers(server, 1, 0)
+        close_all(warm)
+        await asyncio.sleep(0.5)
+        before = rss_kib(server.proc.pid)
+        opened = await open_watchers(server, watchers, 0)
+        await asyncio.sleep(1.0)  # let the server settle (buffers, tasks started)
+        after = rss_kib(server.proc.pid)
+        close_all(opened)
+    return (after - before) * 1024 / watchers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--quick", action="store_true", help="300 watchers, one round")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.watchers, args.rounds = 300, 1
+    pin_to_cpu(1)
+    raise_open_files_limit()
+    gc.disable()
+    results = {}
+    for kind in args.servers.split(","):
+        values = [asyncio.run(measure(kind, args.watchers)) for _ in range(args.rounds)]
+        results[kind] = statistics.median(values)
+        print(f"{kind}: {results[kind] / 1024:.1f} KiB per watcher", file=sys.stderr)
+    base = results.get("sse-starlette")
+    print(f"\n{args.watchers} idle SSE watchers, medians of {args.rounds}\n")
+    print("| server | KiB per idle watcher | vs sse-starlette |")
+    print("|---|---:|---:|")
+    for kind, value in results.items():
+        ratio = f"{value / base:.2f}" if base else ""
+        print(f"| {kind} | {value / 1024:.1f} | {ratio} |")
+    if args.json:
+        args.json.write_text(json.dumps({"watchers": args.watchers, "bytes": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
