@@ -200,6 +200,22 @@ async def test_a_follower_reports_progress_without_records_of_its_resources(
             break
 
 
+async def test_a_batch_tells_when_its_newest_record_was_appended(harness: Harness) -> None:
+    """The follower-lag metric reads ``batch.time`` (or the rv, where versions follow the
+    clock): either way it must be the append's time, not, say, the age of a NATS stream."""
+    log = await opened(harness)
+    _, start = await log.head()
+    await anyio.sleep(0.1)  # a clock that stopped at the log's creation would show
+    before = time.time_ns() // 1000
+    await log.append(write("a"), KEEP)
+    with anyio.fail_after(10):
+        async for batch in log.follow(RES, start):
+            if batch.records:
+                appended = batch.time or batch.records[-1].rv
+                assert before - 10_000 <= appended <= time.time_ns() // 1000 + 10_000
+                break
+
+
 async def test_a_wiped_log_is_a_new_epoch_above_the_old_versions(harness: Harness) -> None:
     log = await opened(harness)
     loaded = await log.open(RES)

@@ -87,6 +87,9 @@ class Batch(msgspec.Struct, frozen=True):
     epoch: str
     head: int
     records: list[Record]
+    #: When the newest record was appended, in µs by the engine's clock; 0 when that is its rv
+    #: (versions that follow the clock, DESIGN 1). Only the follower-lag metric reads it.
+    time: int = 0
 
 
 class ResourceLoad(msgspec.Struct, frozen=True):

@@ -112,7 +112,7 @@ class Replica:
                 with hub._lock:
                     applied = hub.state.apply(batch.records, batch.head, hub.clock.now())
                 if applied:
-                    newest = batch.records[-1].rv
+                    newest = batch.time or batch.records[-1].rv
                     self.lag_seconds = max(0.0, time.time() - newest / 1e6)
                     hub.metrics.follower_lag(self.lag_seconds)
                 self._wake()
