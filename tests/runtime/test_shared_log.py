@@ -4,7 +4,7 @@ multi-process deployment on Redis, NATS or PostgreSQL must do, without servers."
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from watchroutes import (
     ServiceUnavailable,
     UsageError,
 )
+from watchroutes._core.backend import Batch
 from watchroutes.backends.memory import MemoryLog
 from watchroutes.testing import WatchClient
 
@@ -85,6 +86,46 @@ async def test_reads_on_any_node_see_every_acknowledged_write() -> None:
             assert stored in listed["items"]
 
 
+class SlowFollower(MemoryLog):
+    """A log whose followers see each batch ``delay`` seconds late (a lagging node)."""
+
+    delay = 0.3
+
+    async def follow(self, resources: Any, after: int) -> AsyncGenerator[Batch]:
+        async for batch in super().follow(resources, after):
+            await anyio.sleep(self.delay)
+            yield batch
+
+
+async def test_async_reads_see_the_log_head_and_plain_reads_this_nodes_state() -> None:
+    async with nodes(SlowFollower(), 2) as (a, b):
+        stored = await a.orders.acreate(order("o-1"))
+        with pytest.raises(NotFound):
+            b.orders.get("o-1")  # b has not applied it yet: the plain read is local
+        assert await b.orders.aget("o-1") == stored
+        rv, items = await b.orders.alist()
+        assert items == [stored]
+        assert int(rv) >= int(stored["metadata"]["resourceVersion"])
+
+
+async def test_resource_version_0_sees_this_nodes_own_writes_without_asking_the_log() -> None:
+    """``resourceVersion=0`` takes what a node has (another node may not have a write yet),
+    but a node that acknowledged a write waits until it has applied it."""
+    async with nodes(SlowFollower(), 2) as (a, b):
+        stored = await a.orders.acreate(order("o-1"))
+        listed = (await a.client.get("/orders", params={"resourceVersion": "0"})).json()
+        assert listed["items"] == [stored]
+        assert (await b.client.get("/orders")).json()["items"] == [stored]
+
+
+async def test_async_reads_on_an_in_memory_hub_read_its_state() -> None:
+    hub = Hub()
+    orders = hub.resource("orders", kind="Order")
+    stored = orders.create(order("o-1"))
+    assert await orders.aget("o-1") == stored
+    assert (await orders.alist())[1] == [stored]
+
+
 async def test_a_client_resumes_on_another_node_with_exactly_the_missed_events() -> None:
     log = MemoryLog()
     async with nodes(log, 3) as (a, b, c):
@@ -146,7 +187,7 @@ async def test_writes_check_their_expectations_against_the_shared_log() -> None:
             merged["metadata"]["resourceVersion"]
         )
         with pytest.raises(NotFound):
-            a.hub.get("orders", "o-1")
+            await a.orders.aget("o-1")  # b's delete, read on a at the log's head
 
 
 async def test_concurrent_writers_on_several_nodes_never_share_a_version() -> None:

@@ -161,6 +161,12 @@ class Resource:
     def list(self) -> tuple[str, list[Any]]:
         return self.hub.list(self.name)
 
+    async def aget(self, key: str) -> Any:
+        return await self.hub.aget(self.name, key)
+
+    async def alist(self) -> tuple[str, builtins.list[Any]]:
+        return await self.hub.alist(self.name)
+
     def seed(self, objects: Iterable[Any]) -> int:
         return self.hub.seed(self.name, objects)
 
@@ -539,6 +545,7 @@ class Hub:
                 )
         write = Write(resource=resource, key=key, type=etype.value, object=body, expect=expect)
         rv = await replica.backend.append(write, Retention(log.max_events, log.max_age))
+        replica.written = max(replica.written, rv)
         self.metrics.events_published(resource, 1)
         if obj is not None:
             # No need to wait for this node's follower: every read syncs to the log's head
@@ -551,9 +558,14 @@ class Hub:
         return None if entry is None else entry.object
 
     async def _sync(self, parsed: WatchRequest) -> None:
-        """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log."""
+        """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log.
+        ``resourceVersion=0`` does not ask the log, but still sees this node's own writes."""
         replica = self._replica
-        if replica is not None and parsed.resource_version != 0:
+        if replica is None:
+            return
+        if parsed.resource_version == 0:
+            await replica.own_writes()
+        else:
             await replica.sync(parsed.resource_version)
 
     def _end_watches(self, reason: CloseReason) -> None:
@@ -568,17 +580,34 @@ class Hub:
         return self.state.head
 
     def get(self, resource: str, key: str) -> Any:
-        """The current object, or ``NotFound``."""
+        """The current object in this node's state, or ``NotFound``. With a shared log that is
+        as far as this node has applied it: :meth:`aget` reads at the log's head."""
         with self._lock:
             self._resource(resource)
             return self._current(resource, key).object
 
     def list(self, resource: str) -> tuple[str, list[Any]]:
-        """The rv and every object of ``resource``, consistent with each other."""
+        """The rv and every object of ``resource`` in this node's state, consistent with each
+        other (with a shared log, :meth:`alist` reads at the log's head)."""
         with self._lock:
             self._resource(resource)
             head, items = self.state.snapshot(resource, EVERYTHING)
             return str(head), items
+
+    async def aget(self, resource: str, key: str) -> Any:
+        """The current object, or ``NotFound``, as of at least the shared log's head: it sees
+        every write acknowledged before the call, on whichever node (DESIGN 3.1)."""
+        await self._sync_head()
+        return self.get(resource, key)
+
+    async def alist(self, resource: str) -> tuple[str, builtins.list[Any]]:
+        """:meth:`list` as of at least the shared log's head, like :meth:`aget`."""
+        await self._sync_head()
+        return self.list(resource)
+
+    async def _sync_head(self) -> None:
+        if self._replica is not None:
+            await self._replica.sync(None)
 
     def statistics(self) -> HubStatistics:
         with self._lock:

@@ -58,6 +58,8 @@ class Replica:
         #: True while the follower is connected and this node's state is the log's.
         self.available = False
         self.lag_seconds = 0.0
+        #: The newest rv this node appended: reads without a wait still see this node's writes.
+        self.written = 0
         self._waiters: list[tuple[int, anyio.Event]] = []
         self._loaded: anyio.Event | None = None
         self._random = random.Random()
@@ -173,6 +175,13 @@ class Replica:
         if rv is not None and rv > head:
             raise Expired(f"resource version {rv} is newer than this log's head ({head})")
         await self.wait_applied(head)
+
+    async def own_writes(self) -> None:
+        """Return once this node has applied every write it acknowledged (no round trip: what
+        ``resourceVersion=0`` and the plain reads wait for); bounded by :data:`SYNC_TIMEOUT`,
+        after which the read takes what this node has."""
+        with contextlib.suppress(Timeout):
+            await self.wait_applied(self.written)
 
     async def wait_applied(self, target: int) -> None:
         if self.hub.state.head >= target:
