@@ -11,8 +11,8 @@ For each engine and each number of publishing processes (1 and 4), three systems
 - ``raw``: the engine's own client in a loop, one write per round trip (Redis ``XADD``,
   PostgreSQL ``INSERT`` in autocommit, JetStream ``publish``): the ceiling;
 - ``append``: ``LogBackend.append`` (rv assignment, expectation, state, retention, wake-up);
-- ``hub``: ``await hub.apublish`` on a hub following the log (the above, plus waiting until
-  this node has applied the change: read-your-writes).
+- ``hub``: ``await resource.apublish`` on a hub that also follows the log, as every node does
+  (the above, plus encoding the object and applying every event on this node).
 
 Each publisher writes ``--events`` 100-byte objects as fast as one connection allows. A
 separate process follows the log (``LogBackend.follow``, the mechanism every node uses) and

@@ -6,6 +6,7 @@ every stream is read incrementally with httpx (``iter_raw``) and every read is b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +29,7 @@ import pytest
 from watchroutes.testing import SSEMessage, SSEParser
 from watchroutes.testing.httpx import StreamingASGITransport
 
-from .._services import POSTGRES_URL, REDIS_URL, require
+from .._services import NATS_URL, POSTGRES_URL, REDIS_URL, require
 
 __all__ = [
     "EXIT_TIMEOUT",
@@ -61,6 +62,7 @@ FRAMEWORKS: Final = (
     "fastapi-memory",
     "starlette-redis",
     "starlette-postgres",
+    "starlette-nats",
 )
 READY_TIMEOUT: Final = 20.0
 EXIT_TIMEOUT: Final = 10.0
@@ -310,7 +312,7 @@ class Server:
         if self.in_memory:
             pytest.skip("needs a real server process")
 
-    #: Removes this server's own shared log (``-redis`` and ``-postgres`` variants) at stop.
+    #: Removes this server's own shared log (``-redis``, ``-postgres``, ``-nats`` variants) at stop.
     cleanup: Callable[[], None] | None = None
 
     @classmethod
@@ -489,14 +491,35 @@ class Server:
 
 
 def shared_log(engine: str) -> tuple[str, Callable[[], None]]:
-    """A fresh shared log on ``engine`` (``redis``, ``postgres``): its URL and its removal."""
+    """A fresh shared log on ``engine`` (``redis``, ``postgres``, ``nats``): its URL and its
+    removal."""
     require(engine)
     name = f"conformance_{uuid.uuid4().hex[:12]}"
     if engine == "redis":
         return f"{REDIS_URL}?prefix={name}", lambda: wipe_redis(name)
     if engine == "postgres":
         return f"{POSTGRES_URL}?schema={name}", lambda: drop_schema(name)
+    if engine == "nats":
+        return f"{NATS_URL}?stream={name}", lambda: delete_stream(name)
     raise ValueError(f"no shared log engine {engine!r}")
+
+
+def delete_stream(stream: str) -> None:
+    """Delete the log's JetStream stream and its state bucket."""
+    import nats
+    import nats.js.errors
+
+    async def delete() -> None:
+        client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+        try:
+            js = client.jetstream()
+            for name in (stream, f"KV_{stream}_state"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(name)
+        finally:
+            await client.close()
+
+    asyncio.run(delete())
 
 
 def drop_schema(schema: str) -> None:

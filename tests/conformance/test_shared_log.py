@@ -7,55 +7,23 @@ duplicate or out-of-order rv. Run on every shared engine.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from .._services import NATS_URL, POSTGRES_URL, REDIS_URL, require
-from ._support import READ_TIMEOUT, Server, SSEStream, drop_schema, envelope, wipe_redis
+from ._support import READ_TIMEOUT, Server, SSEStream, envelope, shared_log
 
 pytestmark = pytest.mark.network
 
 EVENTS = 60
 
 
-def _delete_stream(stream: str) -> None:
-    import nats
-
-    async def delete() -> None:
-        client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
-        try:
-            js = client.jetstream()
-            for name in (stream, f"{stream}_state", f"KV_{stream}_state"):
-                try:
-                    await js.delete_stream(name)
-                except Exception:  # absent is fine
-                    continue
-        finally:
-            await client.close()
-
-    asyncio.run(delete())
-
-
-def _log(engine: str) -> tuple[str, Callable[[], None]]:
-    """A fresh shared log on ``engine``: its URL and how to remove it."""
-    require(engine)
-    name = f"shared_{uuid.uuid4().hex[:10]}"
-    if engine == "redis":
-        return f"{REDIS_URL}?prefix={name}", lambda: wipe_redis(name)
-    if engine == "postgres":
-        return f"{POSTGRES_URL}?schema={name}", lambda: drop_schema(name)
-    return f"{NATS_URL}?stream={name}", lambda: _delete_stream(name)
-
-
 @pytest.fixture(params=["redis", "postgres", "nats"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Callable[[], Server]]:
     """Start example processes on one fresh shared log; stops them (and removes it) after."""
-    url, remove = _log(str(request.param))
+    url, remove = shared_log(str(request.param))
     servers: list[Server] = []
 
     def start() -> Server:
