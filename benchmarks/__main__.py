@@ -11,8 +11,9 @@ event exits non-zero, and so does this command.
 
 Suites: ``sse_fanout`` (SSE fan-out next to a raw asyncio server, sse-starlette and aiohttp),
 ``selector_index`` (publish cost against watchers), ``inprocess`` (a burst to 10,000
-subscribers without network) and ``backends`` (publishes through Redis, PostgreSQL and NATS
-next to their raw clients; needs the servers).
+subscribers without network), ``backends`` (publishes through Redis, PostgreSQL and NATS
+next to their raw clients; needs the servers), ``idle_memory`` (memory per idle SSE watcher,
+next to the peers) and ``resume`` (a client 10,000 events behind catches up).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SUITES: dict[str, tuple[list[str], list[str]]] = {
     "selector_index": (["--quick"], []),
     "inprocess": (["--quick"], []),
     "backends": (["--quick", "--events", "1000"], []),
+    "idle_memory": (["--quick"], []),
+    "resume": (["--quick"], []),
 }
 
 
