@@ -133,13 +133,12 @@ class WatchSession:
     @property
     def ready(self) -> bool:
         """True when ``step`` has more to write right away (no need to wait)."""
+        phase = self.phase
+        if phase is Phase.LIVE:
+            sub = self.subscription
+            return sub.closed is not None or len(sub) > 0
         self._check()
-        if self.phase is Phase.INITIAL:
-            return True
-        if self.phase is Phase.CLOSED:
-            return False
-        sub = self.subscription
-        return len(sub) > 0 or sub.closed is not None
+        return phase is Phase.INITIAL
 
     def deadline(self) -> float | None:
         """When ``step`` must run again even if nothing is published (``None``: never).
@@ -147,11 +146,14 @@ class WatchSession:
         After a ``step(now)`` that left the session live and not ``ready``, this is always
         later than ``now``, so the runtime never spins.
         """
-        self._check()
         if self.phase is not Phase.LIVE:
+            self._check()
             return None
-        due = min(self._last_write, self._last_bookmark) + self.heartbeat
-        return due if self.end_at is None else min(due, self.end_at)
+        last_write = self._last_write
+        last_bookmark = self._last_bookmark
+        due = (last_write if last_write < last_bookmark else last_bookmark) + self.heartbeat
+        end_at = self.end_at
+        return due if end_at is None or due < end_at else end_at
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -161,19 +163,23 @@ class WatchSession:
 
     def step(self, now: float, head: int) -> bytes:
         """The bytes to write now; ``head`` is the hub's applied rv at this instant."""
-        self._check()
-        if self.phase is Phase.CLOSED:
-            return b""
+        phase = self.phase
         out: list[bytes] = []
-        if self.phase is Phase.INITIAL and self._prelude_step(out, now):
-            return self._flush(out, now)
+        if phase is not Phase.LIVE:
+            self._check()
+            if phase is Phase.CLOSED:
+                return b""
+            if self._prelude_step(out, now):
+                return self._flush(out, now)
         sub = self.subscription
         reason = sub.closed
+        frames = sub.drain()
+        if frames:
+            out.extend(map(self.wire.frame, frames))
+            last = frames[-1].rv
+            if last is not None:
+                self.sent_rv = last
         sent = self.sent_rv
-        for frame in sub.drain():
-            out.append(self.wire.frame(frame))
-            sent = frame.rv
-        self.sent_rv = sent
         if reason is CloseReason.SLOW or reason is CloseReason.UNAVAILABLE:
             # no bookmark: a slow consumer resumes from its last event; after the shared log
             # was lost or replaced this node's head may belong to another epoch

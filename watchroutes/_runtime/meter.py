@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from .._core.metrics import Metrics
+from .._core.metrics import Metrics, NullMetrics
 from .._core.registry import Subscription
 from .clock import Clock
 
@@ -30,6 +30,7 @@ class WatchMeter:
         "_delivered",
         "_metrics",
         "_opened",
+        "per_write",
         "resource",
         "sub",
         "transport",
@@ -47,6 +48,8 @@ class WatchMeter:
         self.sub = sub
         self._delivered = sub.delivered
         self._opened = clock.now()
+        #: Whether each write is reported (not to the null sink, which ignores it).
+        self.per_write = not isinstance(metrics, NullMetrics)
         metrics.watch_opened(resource, transport)
         if logger.isEnabledFor(logging.DEBUG):
             flt = sub.filter

@@ -89,7 +89,7 @@ class ReplyResponse(Response):
         self.status_code = reply.status
         self.background = None
         self.body = reply.body
-        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        self.raw_headers = [_header(k, v) for k, v in reply.headers]
         if reply.stream is None and not reply.chunked:
             self.raw_headers.append((b"content-length", str(len(reply.body)).encode()))
 
@@ -126,6 +126,13 @@ class ReplyResponse(Response):
         await serve(stream, send_bytes, wait_disconnect)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@functools.lru_cache(maxsize=256)
+def _header(name: str, value: str) -> tuple[bytes, bytes]:
+    """A header as ASGI bytes, shared by every response that sends it (a watch's response
+    object lives as long as the watch)."""
+    return name.encode("latin-1"), value.encode("latin-1")
 
 
 def _add_vary(response: Response) -> None:
