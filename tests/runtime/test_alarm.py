@@ -99,7 +99,12 @@ async def test_a_write_past_the_timeout_ends(anyio_backend: str) -> None:
         await anyio.sleep(100)
 
     with anyio.fail_after(5), anyio.CancelScope() as scope:
-        alarm = make_alarm(SystemClock(), 0.05, lambda: (interrupted.append(True), scope.cancel()))
+
+        def interrupt() -> None:
+            interrupted.append(True)
+            scope.cancel()
+
+        alarm = make_alarm(SystemClock(), 0.05, interrupt)
         try:
             await alarm.write(stuck, b"x")
         except TimeoutError:  # the portable alarm raises; the loop alarm interrupts

@@ -24,7 +24,7 @@ import anyio.lowlevel
 
 from .._core.errors import BadRequest, ClientError, Forbidden, NotFound, Unauthorized
 from .._core.params import parse_request
-from .._core.registry import CloseReason, Subscription
+from .._core.registry import CloseReason
 from .._core.session import WatchSession
 from .._core.websocket import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -41,6 +41,7 @@ from .._core.websocket import (
     watch_query,
 )
 from .._core.wire.websocket import WebSocketWire, control_message, error_message
+from .alarm import make_alarm
 from .meter import WatchMeter
 from .stream import Disconnected, open_session
 
@@ -188,27 +189,29 @@ class _Connection:
         self.sessions: dict[str, WatchSession] = {}
         self.meters: dict[str, WatchMeter] = {}
         self.outbox: deque[bytes] = deque()  # messages that are no event: errors, UNWATCHED
-        self.event = anyio.Event()
         self.scope: anyio.CancelScope | None = None
         self.close_code: tuple[int, str] | None = None
         self._cancelled = False
         self._finished = False
-        self._sending: anyio.CancelScope | None = None
+        #: Around the writer's rounds: cancelled to give up a stuck write.
+        self._writing: anyio.CancelScope | None = None
+        self.alarm = make_alarm(hub.clock, hub.write_timeout, self._give_up_write)
 
     # -- the hub's view -------------------------------------------------------------------
 
     def wake(self) -> None:
-        self.event.set()
+        self.alarm.set()
 
-    def _waker(self, sub: Subscription) -> Callable[[], None]:
-        def woken() -> None:
-            self.event.set()
-            if sub.closed is not None and self._sending is not None:
-                # closed (slow, shutdown) while a write is stuck behind a peer that does not
-                # read: give up that write and close the socket now
-                self._sending.cancel()
+    def _give_up_write(self) -> None:
+        if self._writing is not None:
+            self._writing.cancel()
 
-        return woken
+    def _closed(self) -> None:
+        """A subscription was closed (slow, shutdown, lost log)."""
+        if self.alarm.writing:
+            # while a write is stuck behind a peer that does not read: give up that write
+            # and close the socket now
+            self._give_up_write()
 
     def on_shutdown(self) -> None:
         self.wake()  # a socket without subscriptions learns of the shutdown here
@@ -245,6 +248,7 @@ class _Connection:
                 with anyio.move_on_after(hub.write_timeout, shield=True):
                     await _close(self.socket, code, reason)
         finally:
+            self.alarm.close()
             self._finish()
 
     def _finish(self) -> None:
@@ -281,7 +285,8 @@ class _Connection:
         except ClientError as exc:
             self._error(sub_id, exc)
             return
-        session.subscription.waker = self._waker(session.subscription)
+        session.subscription.waker = self.alarm.set
+        session.subscription.on_close = self._closed
         self.sessions[sub_id] = session
         self.meters[sub_id] = WatchMeter(
             self.hub.metrics, self.hub.clock, res.name, "websocket", session.subscription
@@ -349,17 +354,35 @@ class _Connection:
         self.wake()
 
     async def _write(self) -> None:
+        """Run the writer's rounds until the socket ends; a write given up (stuck when a
+        subscription closed, or past the write timeout) interrupts them."""
+        alarm = self.alarm
+        while True:
+            with anyio.CancelScope() as scope:
+                self._writing = scope
+                try:
+                    await self._rounds()
+                    return
+                except TimeoutError:  # the portable alarm's write timeout
+                    alarm.timed_out = True
+                finally:
+                    self._writing = None
+            if alarm.timed_out:
+                logger.info("WebSocket write timed out")
+                self.close_code = (CloseCode.SLOW, _REASONS[CloseCode.SLOW])
+                return
+            # a subscription closed behind a stuck write: the next round ends the socket
+
+    async def _rounds(self) -> None:
         hub = self.hub
         clock = hub.clock
         lock = hub._lock
         state = hub.state
         socket = self.socket
-        write_timeout = hub.write_timeout
+        alarm = self.alarm
         outbox = self.outbox
         sessions = self.sessions
         while True:
-            if self.event.is_set():
-                self.event = anyio.Event()
             messages: list[bytes] = []
             written: list[tuple[WatchMeter, int, float | None]] = []
             ended: CloseReason | None = None
@@ -383,26 +406,11 @@ class _Connection:
                     elif session.ready:
                         ready = True
                 closing = state.closing
-            interrupted = False
             try:
                 for message in messages:
-                    # one scope per write: its deadline, and a subscription's close (_waker)
-                    with anyio.fail_after(write_timeout) as sending:
-                        self._sending = sending
-                        await socket.send(message.decode())
-                    if sending.cancelled_caught:
-                        interrupted = True
-                        break
-            except TimeoutError:
-                logger.info("WebSocket write timed out")
-                self.close_code = (CloseCode.SLOW, _REASONS[CloseCode.SLOW])
-                return
+                    await alarm.write(socket.send, message.decode())
             except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
-            finally:
-                self._sending = None
-            if interrupted:
-                continue  # a subscription closed: the next round ends the socket
             for meter, nbytes, oldest in written:
                 meter.wrote(nbytes, oldest)
             if ended is not None:
@@ -416,7 +424,7 @@ class _Connection:
                 await anyio.lowlevel.checkpoint()
                 continue
             deadlines = [d for s in sessions.values() if (d := s.deadline()) is not None]
-            await clock.wait(self.event, min(deadlines) if deadlines else None)
+            await alarm.wait(min(deadlines) if deadlines else None)
 
 
 _REASONS: dict[int, str] = {
