@@ -1,39 +1,41 @@
-"""SSE fan-out: watchroutes (Starlette on uvicorn) next to a raw-asyncio SSE server.
+"""SSE fan-out: watchroutes next to the raw-asyncio ceiling and the peers, paced and in bursts.
 
 Run it from the repository root::
 
-    .venv/bin/python benchmarks/sse_fanout.py                   # the table in docs/benchmarks.md
-    .venv/bin/python benchmarks/sse_fanout.py --watchers 1000 --rate 50,200 --duration 4
-    .venv/bin/python benchmarks/sse_fanout.py --run 1:1000 --run 1000:50,200 --repeat 1
+    .venv/bin/python benchmarks/sse_fanout.py             # the tables in docs/benchmarks.md
+    .venv/bin/python benchmarks/sse_fanout.py --quick     # 1,000 watchers, one run each
+    .venv/bin/python benchmarks/sse_fanout.py --paced 1000:10 --burst 1000 --repeat 1 \\
+        --servers watchroutes,raw
 
-The default (``1:1000`` and ``1000:50,200,1000``, 3 repeats) takes about four minutes.
+Two cases, each for every server in ``--servers`` (default: all of
+``sse_fanout_servers.SERVERS``):
 
-Flags: ``--run WATCHERS:RATE[,RATE...]`` (repeatable; the default is given above)
-or ``--watchers N --rate R[,R...]`` for one watcher count; ``--duration`` seconds of
-publishing (default 4); ``--repeat`` runs of each configuration (default 3, the table shows
-medians); ``--servers`` (default: all of watchroutes, raw, raw-uvloop, sse-starlette,
-aiohttp); ``--sample`` connections that parse timestamps (default 50); ``--drain``
-seconds to wait for the last events (default 15); ``--json PATH`` writes every run's numbers.
+* **paced** (``--paced WATCHERS:RATE[,RATE...]``, default ``100:100``, ``1000:10`` and
+  ``5000:2``: 10,000 deliveries per second each): the server publishes RATE events per second
+  for ``--duration`` seconds (default 10) on an absolute schedule. Columns: publish-to-receive
+  latency p50/p99/p99.9 (over every event of ``--sample`` watchers spread evenly over the
+  connection order, default 200), *p99 vs raw*, server CPU and server CPU µs per delivery,
+  and *kept up* (deliveries in the window ÷ published x watchers; 0.98 or more means the server
+  and the load generator kept up).
+* **burst** (``--burst WATCHERS[,WATCHERS...]``, default ``100,1000,5000``): the server
+  publishes ``--deliveries`` ÷ WATCHERS events (default 1,000,000 deliveries per run) as fast
+  as it fans them out: ``--group`` (default 20) back to back, one turn of its event loop, the
+  next group. Columns: deliveries per second from the first publish to the last delivery,
+  *vs raw*, *vs sse-starlette*, and server CPU µs per delivery.
 
 For every run a fresh server process (``sse_fanout_servers.py``, pinned to CPU 0) is started;
 this process, the load generator, pins itself to CPU 1. It opens the watchers (raw asyncio
 sockets to 127.0.0.1, ``Accept: text/event-stream``), waits until every one has its first
-bytes, then asks the server (``POST /_bench/start``) to publish ``rate`` events per second for
-``duration`` seconds. The publisher is open loop: events that fall due while the server is
-busy are published in a burst when it next runs. Each event carries its publish time
-(``time.monotonic_ns()``, one clock for every process on Linux). Every connection counts its
-``data:`` lines; up to ``--sample`` of them also parse each event's ``"t":`` for the
-publish-to-receive latency.
+bytes, then asks the server (``POST /_bench/start``) to publish. Each event carries its publish
+time (``time.monotonic_ns()``, one clock for every process on Linux). Every connection counts
+its ``data:`` lines; the sampled ones also parse every ``id:`` and every ``"t":``. A run
+*loses* events when a watcher the server did not close ends with fewer than were published,
+*duplicates* when one gets more, or a sampled one sees an id that is not above the one before;
+the benchmark exits non-zero if any run lost or duplicated anything. *dropped* counts watchers
+the server closed (watchroutes' slow-consumer limit; such a client would resume).
 
-Columns: *published/s* is what the server's publisher achieved (below the target when the
-server's event loop is saturated); *delivered/s* is events received by all watchers together
-between the publisher's start and the end of the window, divided by its length; *expected/s*
-is rate x watchers; *watchroutes/raw* divides watchroutes' delivered/s by raw's; *p50/p99* are
-publish-to-receive latencies over every event the sampled connections received (the drain
-after the window included, so a backlog shows); *encodes/event* is calls of watchroutes' JSON
-encoder per published event; *server CPU* and *client CPU* are each process's CPU time over
-the window (100 % = one core); *dropped* counts watchers the server closed (its slow-consumer
-limit). Each cell is the median of the runs.
+``--repeat`` runs of each configuration (default 3, cells are medians), interleaved across
+servers; ``--json PATH`` writes every run.
 """
 
 from __future__ import annotations
@@ -58,24 +60,28 @@ from sse_fanout_servers import SERVERS, pin_to_cpu, raise_open_files_limit
 
 HERE: Final = Path(__file__).resolve().parent
 SERVER_SCRIPT: Final = HERE / "sse_fanout_servers.py"
-DEFAULT_RUNS: Final = ("1:1000", "1000:50,200,1000")
+DEFAULT_PACED: Final = ("100:100", "1000:10", "5000:2")
+DEFAULT_BURSTS: Final = "100,1000,5000"
+#: --quick: one run of each case at 1,000 watchers, for the servers a change is judged by.
+QUICK_SERVERS: Final = "watchroutes,raw,sse-starlette"
 
 DATA: Final = b"data: "
 TAIL: Final = len(DATA) - 1
 STAMP: Final = re.compile(rb'"t":(\d+)')
+EVENT_ID: Final = re.compile(rb"^id: (\d+)\r?$", re.MULTILINE)
 CLOCK_TICK: Final = os.sysconf("SC_CLK_TCK")
 
 #: Seconds allowed for: the server to print ``ready``, all watchers to connect and get their
 #: first bytes, a control request, the server to exit after SIGTERM.
 STARTUP_TIMEOUT: Final = 30.0
-CONNECT_TIMEOUT: Final = 30.0
+CONNECT_TIMEOUT: Final = 60.0
 CONTROL_TIMEOUT: Final = 10.0
 EXIT_TIMEOUT: Final = 10.0
 #: Connections being opened at once (keeps the listen backlog from overflowing).
 CONNECT_CONCURRENCY: Final = 100
 #: Pause after the last watcher got its first bytes, so the initial-events-end bookmark is
 #: counted before the baseline is taken.
-SETTLE: Final = 0.3
+SETTLE: Final = 0.5
 
 
 class BenchmarkError(Exception):
@@ -88,19 +94,25 @@ class Completion:
     def __init__(self, watchers: int) -> None:
         self.remaining = watchers
         self.event = asyncio.Event()
+        self.last = 0  # monotonic ns of the last watcher's completion
 
     def one_done(self) -> None:
         self.remaining -= 1
+        self.last = time.monotonic_ns()
         if self.remaining <= 0:
             self.event.set()
 
 
 class Watcher(asyncio.Protocol):
-    """One SSE connection: counts ``data:`` lines; a sampled one also records latencies."""
+    """One SSE connection: counts ``data:`` lines; a sampled one also checks every id and
+    records every event's latency."""
 
-    def __init__(self, request: bytes, latencies: list[int] | None) -> None:
+    def __init__(self, request: bytes, sampled: bool) -> None:
         self.request = request
-        self.latencies = latencies  # None: not sampled
+        self.sampled = sampled
+        self.latencies: list[int] = []
+        self.last_id = -1
+        self.disorder = 0  # ids not above the previous one (a duplicate or a reordering)
         self.count = 0
         self.base = 0  # count when the publisher started
         self.carry = b""  # the end of the last read when it may be the start of "data: "
@@ -145,23 +157,34 @@ class Watcher(asyncio.Protocol):
             self.carry = b""
         else:
             self.carry = data[-TAIL:] if len(data) >= TAIL else (carry + data)[-TAIL:]
-        if self.latencies is not None:
-            self.record_latencies(data)
+        if self.sampled:
+            self.parse_blocks(data)
         if self.completion is not None:
             self._check_done()
 
-    def record_latencies(self, data: bytes) -> None:
-        assert self.latencies is not None
+    def parse_blocks(self, data: bytes) -> None:
         received = time.monotonic_ns()
         pending = self.pending
         pending += data
-        # Whole blocks only (a timestamp may be cut by a read boundary); a block ends with a
-        # blank line, LF or CRLF (sse-starlette writes CRLF).
+        # Whole blocks only (an id or a timestamp may be cut by a read boundary); a block ends
+        # with a blank line, LF or CRLF (sse-starlette writes CRLF).
         end = max(pending.rfind(b"\n\n"), pending.rfind(b"\n\r\n"))
-        if end >= 0:
-            for match in STAMP.finditer(pending, 0, end):
-                self.latencies.append(received - int(match[1]))
-            del pending[: pending.index(b"\n", end + 1) + 1]
+        if end < 0:
+            return
+        last = self.last_id
+        for match in EVENT_ID.finditer(pending, 0, end):
+            rv = int(match[1])
+            if rv <= last:
+                self.disorder += 1
+            last = rv
+        self.last_id = last
+        self.latencies.extend(received - int(match[1]) for match in STAMP.finditer(pending, 0, end))
+        del pending[: pending.index(b"\n", end + 1) + 1]
+
+    def baseline(self) -> None:
+        self.base = self.count
+        self.latencies.clear()
+        self.disorder = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -178,24 +201,26 @@ class Watcher(asyncio.Protocol):
 @dataclass
 class Result:
     server: str
+    mode: str  # "paced" or "burst"
     watchers: int
-    rate: float
-    duration: float
+    rate: float  # paced: target events/s; burst: 0
+    seconds: float  # paced: the publishing window; burst: first publish to last delivery
     published: int
-    published_per_s: float
-    delivered_in_window: int
+    #: Paced: deliveries in the window ÷ its length; burst: all deliveries ÷ ``seconds``.
     delivered_per_s: float
-    delivered_total: int
-    expected_per_s: float
+    #: Paced: deliveries in the window ÷ (published in it x watchers).
+    kept_up: float
     p50_ms: float | None
     p99_ms: float | None
+    p999_ms: float | None
     latency_samples: int
     encodes_per_event: float | None
-    server_cpu: float
+    server_cpu: float  # share of one core
+    cpu_us_per_delivery: float | None
     client_cpu: float
     dropped: int
-    #: Events never received by the end of the drain (published x watchers - delivered).
-    undelivered: int
+    lost: int
+    duplicated: int
 
 
 class ServerProcess:
@@ -282,13 +307,18 @@ class ServerProcess:
 
 
 async def open_watchers(server: ServerProcess, count: int, sample: int) -> list[Watcher]:
+    """Open ``count`` SSE watchers; ``sample`` of them, spread evenly over the connection
+    order (a server that serves watchers in the order they came must not look faster because
+    only the first ones are timed), check ids and time events."""
     loop = asyncio.get_running_loop()
     request = (
         f"GET /orders HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
         "Accept: text/event-stream\r\n\r\n"
     ).encode()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    watchers = [Watcher(request, [] if i < sample else None) for i in range(count)]
+    every = count / sample if sample else 0.0
+    sampled = {int(i * every) for i in range(min(sample, count))}
+    watchers = [Watcher(request, i in sampled) for i in range(count)]
 
     async def connect(watcher: Watcher) -> None:
         async with gate:
@@ -296,6 +326,7 @@ async def open_watchers(server: ServerProcess, count: int, sample: int) -> list[
             await watcher.first_bytes
 
     try:
+        # one at a time through the gate, in order: the connection order is the list's
         await asyncio.wait_for(
             asyncio.gather(*(connect(w) for w in watchers)),
             CONNECT_TIMEOUT,
@@ -320,102 +351,111 @@ def percentile(sorted_values: Sequence[int], q: float) -> float:
     return float(sorted_values[rank])
 
 
-async def run_once(
-    kind: str,
-    watchers_count: int,
-    rate: float,
-    *,
-    duration: float,
-    sample: int,
-    drain: float,
-    server_cpu: int,
-) -> Result:
-    async with ServerProcess(kind, server_cpu) as server:
-        watchers = await open_watchers(server, watchers_count, sample)
+@dataclass
+class Case:
+    mode: str  # "paced" or "burst"
+    watchers: int
+    rate: float = 0.0  # paced
+    events: int = 0  # burst
+
+
+async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
+    async with ServerProcess(kind, args.server_cpu) as server:
+        watchers = await open_watchers(server, case.watchers, args.sample)
         try:
             await asyncio.sleep(SETTLE)
             for w in watchers:
-                w.base = w.count
+                w.baseline()
             baseline = sum(w.base for w in watchers)
-            for w in watchers:
-                if w.latencies is not None:
-                    w.latencies.clear()
-            count = round(rate * duration)
-            started = await server.control(
-                "POST", f"/_bench/start?rate={rate:g}&seconds={duration:g}&count={count}"
-            )
-            t0: int = started["t0"]
+            if case.mode == "paced":
+                count = round(case.rate * args.duration)
+                query = f"rate={case.rate:g}&seconds={args.duration:g}&count={count}"
+            else:
+                count = case.events
+                query = f"rate=1&seconds={args.drain:g}&count={count}&burst={args.group}"
             server_cpu0 = server.cpu_seconds()
             client_cpu0 = time.process_time()
-            wall0 = time.monotonic_ns()
-            await asyncio.sleep(max(0.0, (t0 + duration * 1e9 - time.monotonic_ns()) / 1e9))
-            in_window = sum(w.count for w in watchers) - baseline
-            t1 = time.monotonic_ns()
-            server_busy = (server.cpu_seconds() - server_cpu0) / ((t1 - wall0) / 1e9)
-            client_busy = (time.process_time() - client_cpu0) / ((t1 - wall0) / 1e9)
-            window = (t1 - t0) / 1e9
-
+            started = await server.control("POST", f"/_bench/start?{query}")
+            t0: int = started["t0"]
+            done = Completion(len(watchers))
+            if case.mode == "paced":
+                end = t0 + args.duration * 1e9
+                await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
+                in_window = sum(w.count for w in watchers) - baseline
+                t1 = time.monotonic_ns()
+                server_cpu = server.cpu_seconds() - server_cpu0
+                client_cpu = time.process_time() - client_cpu0
+            else:
+                for w in watchers:
+                    w.expect(count, done)
             # Let the publisher finish, then wait for the last events (bounded by --drain).
             stats = await server.control("GET", "/_bench/stats")
-            deadline = time.monotonic() + drain
+            deadline = time.monotonic() + args.drain
             while stats["running"] and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.05)
                 stats = await server.control("GET", "/_bench/stats")
             published: int = stats["published"]
-            done = Completion(len(watchers))
+            if case.mode == "burst" and published < count:  # the publisher ran out of time
+                done = Completion(len(watchers))
             for w in watchers:
                 w.expect(published, done)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.event.wait(), max(0.0, deadline - time.monotonic()))
-            delivered_total = sum(w.count for w in watchers) - baseline
-            dropped = sum(1 for w in watchers if w.closed and not w.closing)
+            if case.mode == "burst":
+                t1 = done.last if done.event.is_set() else time.monotonic_ns()
+                server_cpu = server.cpu_seconds() - server_cpu0
+                client_cpu = time.process_time() - client_cpu0
+                in_window = sum(w.count for w in watchers) - baseline
+            # Closed by the server (before close_all below marks every watcher as ours).
+            alive = [w for w in watchers if not w.closed]
             # Encoder calls once everything was delivered: a lazy per-watcher encode counts.
             stats = await server.control("GET", "/_bench/stats")
         finally:
             close_all(watchers)
 
-    latencies = sorted(v for w in watchers if w.latencies is not None for v in w.latencies)
+    got = [w.count - w.base for w in alive]
+    lost = sum(max(0, published - n) for n in got)
+    duplicated = sum(max(0, n - published) for n in got) + sum(w.disorder for w in watchers)
+    latencies = sorted(v for w in watchers for v in w.latencies)
     encodes = stats["encodes"]
+    seconds = (t1 - t0) / 1e9
+    delivered = in_window
+    if case.mode == "paced":
+        due = min(published, round(case.rate * seconds)) * case.watchers
+        kept_up = in_window / due if due else 0.0
+    else:
+        kept_up = delivered / (published * case.watchers) if published else 0.0
     return Result(
         server=kind,
-        watchers=watchers_count,
-        rate=rate,
-        duration=duration,
+        mode=case.mode,
+        watchers=case.watchers,
+        rate=case.rate,
+        seconds=seconds,
         published=published,
-        published_per_s=published / duration,
-        delivered_in_window=in_window,
-        delivered_per_s=in_window / window,
-        delivered_total=delivered_total,
-        expected_per_s=rate * watchers_count,
+        delivered_per_s=delivered / seconds,
+        kept_up=kept_up,
         p50_ms=percentile(latencies, 0.50) / 1e6 if latencies else None,
         p99_ms=percentile(latencies, 0.99) / 1e6 if latencies else None,
+        p999_ms=percentile(latencies, 0.999) / 1e6 if latencies else None,
         latency_samples=len(latencies),
         encodes_per_event=encodes / published if encodes is not None and published else None,
-        server_cpu=server_busy,
-        client_cpu=client_busy,
-        dropped=dropped,
-        undelivered=published * watchers_count - delivered_total,
+        server_cpu=server_cpu / seconds,
+        cpu_us_per_delivery=1e6 * server_cpu / delivered if delivered else None,
+        client_cpu=client_cpu / seconds,
+        dropped=len(watchers) - len(alive),
+        lost=lost,
+        duplicated=duplicated,
     )
 
 
-async def run_with_retries(
-    kind: str, watchers: int, rate: float, args: argparse.Namespace
-) -> Result:
+async def run_with_retries(kind: str, case: Case, args: argparse.Namespace) -> Result:
     for attempt in range(1, args.attempts + 1):
         gc.collect()
         try:
-            return await run_once(
-                kind,
-                watchers,
-                rate,
-                duration=args.duration,
-                sample=args.sample,
-                drain=args.drain,
-                server_cpu=args.server_cpu,
-            )
+            return await run_once(kind, case, args)
         except (BenchmarkError, OSError, TimeoutError) as exc:
             print(f"  attempt {attempt} failed: {exc!r}", file=sys.stderr, flush=True)
-    raise BenchmarkError(f"{kind} {watchers}x{rate:g}/s failed {args.attempts} times")
+    raise BenchmarkError(f"{kind} {case} failed {args.attempts} times")
 
 
 def median(values: Iterable[float | None]) -> float | None:
@@ -429,45 +469,91 @@ def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
-def table(results: list[Result], servers: Sequence[str]) -> str:
-    configs: list[tuple[int, float]] = []
+def ratio(a: float | None, b: float | None) -> str:
+    return fmt(a / b, 2) if a is not None and b else "-"
+
+
+def _groups(results: list[Result], mode: str) -> list[tuple[int, float]]:
+    keys: list[tuple[int, float]] = []
     for r in results:
-        if (r.watchers, r.rate) not in configs:
-            configs.append((r.watchers, r.rate))
+        if r.mode == mode and (r.watchers, r.rate) not in keys:
+            keys.append((r.watchers, r.rate))
+    return keys
+
+
+def paced_table(results: list[Result], servers: Sequence[str]) -> str:
     head = (
-        "| server | watchers | target rate/s | published/s | delivered events/s | "
-        "expected events/s | watchroutes/raw | p50 ms | p99 ms | encodes/event | "
-        "server CPU | client CPU | dropped watchers | undelivered events |"
+        "| server | watchers | events/s | p50 ms | p99 ms | p99.9 ms | p99 vs raw | "
+        "p99.9 / p99 | server CPU | CPU µs/delivery | kept up | encodes/event | client CPU | "
+        "dropped | lost | duplicated |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for watchers, rate in configs:
-        delivered: dict[str, float | None] = {}
+    for watchers, rate in _groups(results, "paced"):
+        runs = {
+            k: [
+                r
+                for r in results
+                if (r.mode, r.server, r.watchers, r.rate) == ("paced", k, watchers, rate)
+            ]
+            for k in servers
+        }
+        raw_p99 = median(r.p99_ms for r in runs.get("raw", []))
         for kind in servers:
-            runs = [r for r in results if (r.server, r.watchers, r.rate) == (kind, watchers, rate)]
-            delivered[kind] = median(r.delivered_per_s for r in runs)
-        for kind in servers:
-            runs = [r for r in results if (r.server, r.watchers, r.rate) == (kind, watchers, rate)]
-            if not runs:
+            rs = runs[kind]
+            if not rs:
                 continue
-            ratio = None
-            wr, raw = delivered.get("watchroutes"), delivered.get("raw")
-            if kind == "watchroutes" and wr is not None and raw:
-                ratio = wr / raw
+            p99 = median(r.p99_ms for r in rs)
+            p999 = median(r.p999_ms for r in rs)
             cells = [
                 kind,
                 f"{watchers:,}",
                 fmt(rate),
-                fmt(median(r.published_per_s for r in runs)),
-                fmt(delivered[kind]),
-                fmt(rate * watchers),
-                fmt(ratio, 2),
-                fmt(median(r.p50_ms for r in runs), 1),
-                fmt(median(r.p99_ms for r in runs), 1),
-                fmt(median(r.encodes_per_event for r in runs), 2),
-                fmt(median(100 * r.server_cpu for r in runs), 0, " %"),
-                fmt(median(100 * r.client_cpu for r in runs), 0, " %"),
-                fmt(median(r.dropped for r in runs)),
-                fmt(median(r.undelivered for r in runs)),
+                fmt(median(r.p50_ms for r in rs), 1),
+                fmt(p99, 1),
+                fmt(p999, 1),
+                ratio(p99, raw_p99) if kind != "raw" else "-",
+                ratio(p999, p99),
+                fmt(median(100 * r.server_cpu for r in rs), 0, " %"),
+                fmt(median(r.cpu_us_per_delivery for r in rs), 1),
+                fmt(median(r.kept_up for r in rs), 3),
+                fmt(median(r.encodes_per_event for r in rs), 2),
+                fmt(median(100 * r.client_cpu for r in rs), 0, " %"),
+                fmt(median(r.dropped for r in rs)),
+                fmt(max(r.lost for r in rs)),
+                fmt(max(r.duplicated for r in rs)),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def burst_table(results: list[Result], servers: Sequence[str]) -> str:
+    head = (
+        "| server | watchers | events | deliveries/s | vs raw | vs sse-starlette | "
+        "server CPU µs/delivery | client CPU | dropped | lost | duplicated |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for watchers, _ in _groups(results, "burst"):
+        runs = {
+            k: [r for r in results if (r.mode, r.server, r.watchers) == ("burst", k, watchers)]
+            for k in servers
+        }
+        rate = {k: median(r.delivered_per_s for r in rs) for k, rs in runs.items()}
+        for kind in servers:
+            rs = runs[kind]
+            if not rs:
+                continue
+            cells = [
+                kind,
+                f"{watchers:,}",
+                fmt(median(r.published for r in rs)),
+                fmt(rate[kind]),
+                ratio(rate[kind], rate.get("raw")) if kind != "raw" else "-",
+                ratio(rate[kind], rate.get("sse-starlette")) if kind != "sse-starlette" else "-",
+                fmt(median(r.cpu_us_per_delivery for r in rs), 1),
+                fmt(median(100 * r.client_cpu for r in rs), 0, " %"),
+                fmt(median(r.dropped for r in rs)),
+                fmt(max(r.lost for r in rs)),
+                fmt(max(r.duplicated for r in rs)),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -483,98 +569,121 @@ def load_average() -> str:
 
 def versions() -> str:
     found = [f"Python {sys.version.split()[0]}"]
-    for name in ("watchroutes", "starlette", "uvicorn", "h11", "anyio"):
+    for name in ("watchroutes", "starlette", "uvicorn", "h11", "httptools", "anyio", "uvloop"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found.append(f"{name} {importlib.metadata.version(name)}")
     return ", ".join(found)
 
 
-def parse_runs(args: argparse.Namespace) -> list[tuple[int, float]]:
-    specs: list[str] = list(args.run or [])
-    if args.watchers is not None or args.rate is not None:
-        if args.watchers is None or args.rate is None:
-            raise SystemExit("--watchers and --rate go together")
-        specs.append(f"{args.watchers}:{args.rate}")
-    configs: list[tuple[int, float]] = []
-    for spec in specs or DEFAULT_RUNS:
+def parse_cases(args: argparse.Namespace) -> list[Case]:
+    cases: list[Case] = []
+    for spec in args.paced if args.paced is not None else DEFAULT_PACED:
         count, _, rates = spec.partition(":")
         try:
-            configs.extend((int(count), float(rate)) for rate in rates.split(","))
+            cases.extend(Case("paced", int(count), rate=float(r)) for r in rates.split(","))
         except ValueError:
-            raise SystemExit(f"bad run {spec!r}: use WATCHERS:RATE[,RATE...]") from None
-    for watchers, rate in configs:
-        if watchers < 1 or rate <= 0:
+            raise SystemExit(f"bad --paced {spec!r}: use WATCHERS:RATE[,RATE...]") from None
+    bursts = args.burst if args.burst is not None else DEFAULT_BURSTS
+    try:
+        for count in filter(None, bursts.split(",")):
+            watchers = int(count)
+            cases.append(Case("burst", watchers, events=max(1, args.deliveries // watchers)))
+    except ValueError:
+        raise SystemExit(f"bad --burst {bursts!r}: use WATCHERS[,WATCHERS...]") from None
+    for case in cases:
+        if case.watchers < 1 or (case.mode == "paced" and case.rate <= 0):
             raise SystemExit("watchers must be at least 1 and rates positive")
-    return configs
+    return cases
 
 
-async def main_async(args: argparse.Namespace) -> list[Result]:
-    configs = parse_runs(args)
-    servers = [s for s in args.servers.split(",") if s]
+async def main_async(args: argparse.Namespace, servers: Sequence[str]) -> list[Result]:
+    cases = parse_cases(args)
     results: list[Result] = []
     # Repeats are the outer loop and servers alternate, so a burst of load from elsewhere on
     # the machine hits one run of several configurations rather than every run of one.
     for repeat in range(1, args.repeat + 1):
-        for watchers, rate in configs:
+        for case in cases:
             for kind in servers:
+                what = f"{case.rate:g}/s" if case.mode == "paced" else f"{case.events} events"
                 print(
-                    f"[{repeat}/{args.repeat}] {kind}: {watchers} watchers, {rate:g}/s "
-                    f"for {args.duration:g} s",
+                    f"[{repeat}/{args.repeat}] {kind}: {case.mode}, {case.watchers} watchers, "
+                    f"{what}",
                     file=sys.stderr,
                     flush=True,
                 )
-                result = await run_with_retries(kind, watchers, rate, args)
+                r = await run_with_retries(kind, case, args)
                 print(
-                    f"  published {result.published_per_s:,.0f}/s, delivered "
-                    f"{result.delivered_per_s:,.0f}/s (expected {result.expected_per_s:,.0f}), "
-                    f"p50 {fmt(result.p50_ms, 1)} ms, p99 {fmt(result.p99_ms, 1)} ms, "
-                    f"server CPU {100 * result.server_cpu:.0f} %, client CPU "
-                    f"{100 * result.client_cpu:.0f} %, dropped {result.dropped}, undelivered "
-                    f"{result.undelivered}",
+                    f"  {r.delivered_per_s:,.0f} deliveries/s, kept up {r.kept_up:.3f}, "
+                    f"p50 {fmt(r.p50_ms, 1)} p99 {fmt(r.p99_ms, 1)} p99.9 {fmt(r.p999_ms, 1)} ms "
+                    f"({r.latency_samples} samples), server CPU {100 * r.server_cpu:.0f} % "
+                    f"({fmt(r.cpu_us_per_delivery, 1)} µs/delivery), client CPU "
+                    f"{100 * r.client_cpu:.0f} %, dropped {r.dropped}, lost {r.lost}, "
+                    f"duplicated {r.duplicated}",
                     file=sys.stderr,
                     flush=True,
                 )
-                results.append(result)
+                results.append(r)
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="SSE fan-out benchmark: watchroutes on uvicorn vs a raw asyncio server."
-    )
-    parser.add_argument("--run", action="append", metavar="WATCHERS:RATE[,RATE...]")
-    parser.add_argument("--watchers", type=int, help="one watcher count (with --rate)")
-    parser.add_argument("--rate", help="events per second, comma-separated (with --watchers)")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds of publishing")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--paced", action="append", metavar="WATCHERS:RATE[,RATE...]")
+    parser.add_argument("--burst", metavar="WATCHERS[,WATCHERS...]", help='"" for none')
+    parser.add_argument("--quick", action="store_true", help="1,000 watchers, one run each")
+    parser.add_argument("--duration", type=float, default=10.0, help="paced: seconds")
+    parser.add_argument("--deliveries", type=int, default=1_000_000, help="burst: per run")
+    parser.add_argument("--group", type=int, default=20, help="burst: events per loop turn")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--servers", default=",".join(SERVERS))
-    parser.add_argument("--sample", type=int, default=50, help="connections timing events")
-    parser.add_argument("--drain", type=float, default=15.0, help="max seconds to drain")
+    parser.add_argument("--servers", default=None, help=f"default: {','.join(SERVERS)}")
+    parser.add_argument("--sample", type=int, default=200, help="watchers checking ids")
+    parser.add_argument("--drain", type=float, default=60.0, help="max seconds to drain")
     parser.add_argument("--attempts", type=int, default=3, help="tries per run")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every run's numbers here")
     args = parser.parse_args(argv)
-    for kind in args.servers.split(","):
+    if args.quick:
+        args.paced = args.paced or ["1000:10"]
+        args.burst = "1000" if args.burst is None else args.burst
+        args.repeat, args.duration = 1, 5.0
+        args.deliveries = min(args.deliveries, 300_000)
+        args.servers = args.servers or QUICK_SERVERS
+    servers = [s for s in (args.servers or ",".join(SERVERS)).split(",") if s]
+    for kind in servers:
         if kind not in SERVERS:
             parser.error(f"unknown server {kind!r}; choose from {', '.join(SERVERS)}")
-    if args.duration <= 0 or args.repeat < 1 or args.attempts < 1:
-        parser.error("--duration, --repeat and --attempts must be positive")
+    if args.duration <= 0 or args.repeat < 1 or args.attempts < 1 or args.group < 1:
+        parser.error("--duration, --repeat, --attempts and --group must be positive")
 
     pin_to_cpu(None if args.client_cpu < 0 else args.client_cpu)
     raise_open_files_limit()
     started = time.monotonic()
     load_before = load_average()
-    results = asyncio.run(main_async(args))
-    print(table(results, [s for s in args.servers.split(",") if s]))
+    results = asyncio.run(main_async(args, servers))
+    if any(r.mode == "paced" for r in results):
+        print(f"\nPaced ({args.duration:g} s of publishing per run)\n")
+        print(paced_table(results, servers))
+    if any(r.mode == "burst" for r in results):
+        print(f"\nBurst (groups of {args.group} events per event-loop turn)\n")
+        print(burst_table(results, servers))
     print(
-        f"\n{args.repeat} runs per row (medians), {args.duration:g} s of publishing each; "
+        f"\n{args.repeat} runs per row (medians; lost and duplicated: the worst run); "
         f"{time.monotonic() - started:.0f} s in all.\n{os.cpu_count()} CPUs, server on CPU "
         f"{args.server_cpu}, load generator on CPU {args.client_cpu}; load average "
         f"{load_before} before, {load_average()} after.\n{versions()}"
     )
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    bad = [r for r in results if r.lost or r.duplicated]
+    if bad:
+        for r in bad:
+            print(
+                f"FAILED: {r.server} {r.mode} {r.watchers} watchers lost {r.lost} and "
+                f"duplicated {r.duplicated} events",
+                file=sys.stderr,
+            )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
     .venv/bin/python benchmarks/sse_fanout_servers.py watchroutes [--port 0] [--cpu 0]
     .venv/bin/python benchmarks/sse_fanout_servers.py raw [--port 0] [--cpu 0]
-    (also raw-uvloop, sse-starlette, aiohttp)
+    (also watchroutes-httptools, raw-uvloop, sse-starlette, broadcaster, aiohttp)
 
 ``watchroutes``
     A Starlette app whose ``GET /orders`` is ``watch_endpoint(orders)``, served by uvicorn
@@ -18,12 +18,25 @@
     ``id:``/``data:`` block to every one of them. No HTTP framework, no chunked encoding (the
     body ends when the connection does), no resume, no selectors: the reference for what the
     event loop and the kernel allow.
+``watchroutes-httptools``
+    The same app with uvicorn's httptools protocol instead of h11 (what ``uvicorn[standard]``
+    and the ``server`` extra install; the asyncio loop still).
 ``raw-uvloop``
     The same on uvloop's event loop.
+``asgi-floor``, ``starlette-floor``
+    The least an SSE endpoint under uvicorn can do per event, to tell the cost of the stack
+    from watchroutes' own: one task per watcher sleeping on a bare future, woken by the
+    publisher, writing what is queued with one ASGI ``send`` (and a bare task noticing the
+    disconnect). No resume, no heartbeat, no write timeout, no bound on the queue. As a plain
+    ASGI app (``asgi-floor``) and as the endpoint of a Starlette route (``starlette-floor``).
 ``sse-starlette``
     sse-starlette's ``EventSourceResponse`` on Starlette and uvicorn, fed by one bounded
     ``asyncio.Queue`` per watcher (the pattern its documentation shows); each event's JSON is
     encoded once, and sse-starlette frames it for each watcher.
+``broadcaster``
+    encode/broadcaster's in-memory backend (``memory://``) feeding sse-starlette: each watcher
+    subscribes to the channel and gets every message through broadcaster's own (unbounded)
+    per-subscriber queue, the combination its README shows.
 ``aiohttp``
     aiohttp's ``StreamResponse`` with one bounded queue per watcher, writing each event's
     pre-encoded SSE block with ``await response.write``.
@@ -31,9 +44,11 @@
 The peers drop a watcher whose queue (1,000 events, watchroutes' default buffer) is full. All
 answer the same control routes:
 
-* ``POST /_bench/start?rate=R&seconds=D[&count=N]``: publish N events (default R x D) at R
-  per second on an absolute schedule, for at most D seconds (events not published by then are
-  skipped, so a saturated server shows up as a lower published rate). Each object is
+* ``POST /_bench/start?rate=R&seconds=D[&count=N][&burst=B]``: publish N events (default
+  R x D) at R per second on an absolute schedule, for at most D seconds (events not published
+  by then are skipped, so a saturated server shows up as a lower published rate). With
+  ``burst=B`` there is no schedule: B events back to back, a yield to the event loop (so the
+  watchers run), the next B, until N are published or D seconds passed. Each object is
   ``{"metadata": {"name": "o-<i % 100>"}, "t": <time.monotonic_ns() at publish>, "pad": ...}``.
   Answers ``{"t0": <ns>}``, the publisher's start.
 * ``GET /_bench/stats``: ``{"published", "running", "encodes", "watchers"}`` (``encodes`` is
@@ -47,14 +62,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import resource
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qsl
 
 #: Bytes of padding in each published object (the object is about 300 bytes of JSON).
@@ -67,11 +83,21 @@ RAW_MAX_PENDING: Final = 16 * 1024 * 1024
 if TYPE_CHECKING:
     from watchroutes import Hub
 
-Emit = Callable[[int, dict[str, Any]], None]
+Emit = Callable[[int, dict[str, Any]], Awaitable[None] | None]
 
 #: The servers this script runs: watchroutes, the raw ceiling (on asyncio's loop and on
 #: uvloop's), and the peers users pick instead.
-SERVERS: Final = ("watchroutes", "raw", "raw-uvloop", "sse-starlette", "aiohttp")
+SERVERS: Final = (
+    "watchroutes",
+    "watchroutes-httptools",
+    "raw",
+    "raw-uvloop",
+    "sse-starlette",
+    "broadcaster",
+    "aiohttp",
+    "asgi-floor",
+    "starlette-floor",
+)
 #: uvicorn's event loop for the ASGI servers: "asyncio", as the raw server's, unless
 #: WATCHROUTES_BENCH_LOOP says otherwise ("uvloop"; uvicorn's default "auto" would pick uvloop
 #: whenever it is installed, and it is, for raw-uvloop).
@@ -113,13 +139,22 @@ class Publisher:
     def running(self) -> bool:
         return self.task is not None and not self.task.done()
 
-    def start(self, rate: float, seconds: float, count: int) -> int:
+    def start(self, rate: float, seconds: float, count: int, burst: int = 0) -> int:
         if self.running:
             raise RuntimeError("a publisher is already running")
         t0 = time.monotonic_ns()
         self.published = 0
-        self.task = asyncio.get_running_loop().create_task(self._run(t0, rate, seconds, count))
+        run = (
+            self._burst(t0, seconds, count, burst) if burst else self._run(t0, rate, seconds, count)
+        )
+        self.task = asyncio.get_running_loop().create_task(run)
         return t0
+
+    async def _emit(self, i: int) -> None:
+        result = self.emit(i, make_object(i))
+        if inspect.isawaitable(result):  # an async publish (broadcaster)
+            await result
+        self.published += 1
 
     async def _run(self, t0: int, rate: float, seconds: float, count: int) -> None:
         # Open loop: every event that is due is published when the task runs, late ones in a
@@ -136,29 +171,41 @@ class Publisher:
             while i < count and t0 + int(i * interval) <= woke:
                 if time.monotonic_ns() >= stop:
                     return
-                self.emit(i, make_object(i))
-                self.published += 1
+                await self._emit(i)
                 i += 1
             now = time.monotonic_ns()
             if now >= stop:
                 return
             await asyncio.sleep(max(0.0, (t0 + int(i * interval) - now) / 1e9))
 
+    async def _burst(self, t0: int, seconds: float, count: int, burst: int) -> None:
+        # As fast as the server fans out: ``burst`` events, then one turn of the event loop
+        # (every woken watcher writes before the next group), so no queue grows past about
+        # ``burst`` events and the throughput is the fan-out's, not the publisher's.
+        stop = t0 + int(seconds * 1e9)
+        i = 0
+        while i < count and time.monotonic_ns() < stop:
+            for _ in range(min(burst, count - i)):
+                await self._emit(i)
+                i += 1
+            await asyncio.sleep(0)
 
-def parse_start(query: str) -> tuple[float, float, int]:
+
+def parse_start(query: str) -> tuple[float, float, int, int]:
     params = dict(parse_qsl(query))
     rate = float(params["rate"])
     seconds = float(params["seconds"])
     count = int(params.get("count", round(rate * seconds)))
-    if not (rate > 0 and seconds > 0 and count >= 0):
-        raise ValueError("rate and seconds must be positive, count non-negative")
-    return rate, seconds, count
+    burst = int(params.get("burst", 0))
+    if not (rate > 0 and seconds > 0 and count >= 0 and burst >= 0):
+        raise ValueError("rate and seconds must be positive, count and burst non-negative")
+    return rate, seconds, count, burst
 
 
 # -- watchroutes on uvicorn ------------------------------------------------------------------
 
 
-def run_watchroutes(host: str, port: int) -> None:
+def run_watchroutes(host: str, port: int, http: Literal["h11", "httptools"] = "h11") -> None:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -199,7 +246,7 @@ def run_watchroutes(host: str, port: int) -> None:
             *_control_routes(publisher, stats, on_start),
         ]
     )
-    _run_uvicorn(app, host, port, hubs=[hub])
+    _run_uvicorn(app, host, port, hubs=[hub], http=http)
 
 
 # -- the raw asyncio reference ---------------------------------------------------------------
@@ -286,14 +333,14 @@ class RawServer:
 
     async def start(self, writer: asyncio.StreamWriter, query: str) -> None:
         try:
-            rate, seconds, count = parse_start(query)
+            rate, seconds, count, burst = parse_start(query)
         except (KeyError, ValueError) as exc:
             await respond(writer, 400, {"error": str(exc)})
             return
         if self.publisher.running:
             await respond(writer, 409, {"error": "already running"})
             return
-        await respond(writer, 202, {"t0": self.publisher.start(rate, seconds, count)})
+        await respond(writer, 202, {"t0": self.publisher.start(rate, seconds, count, burst)})
 
 
 async def respond(writer: asyncio.StreamWriter, status: int, body: Any) -> None:
@@ -397,6 +444,154 @@ def run_sse_starlette(host: str, port: int) -> None:
     _run_uvicorn(app, host, port)
 
 
+def run_broadcaster(host: str, port: int) -> None:
+    """encode/broadcaster (memory backend) feeding sse-starlette, as broadcaster's README shows."""
+    from broadcaster import Broadcast
+    from sse_starlette.sse import EventSourceResponse
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    broadcast = Broadcast("memory://")
+    subscribers = 0
+    rv = 0
+
+    async def emit(i: int, obj: dict[str, Any]) -> None:
+        nonlocal rv
+        rv += 1
+        data, _ = _envelope_block(rv, obj)
+        await broadcast.publish("orders", f"{rv}\n{data}")
+
+    publisher = Publisher(emit)
+
+    async def orders(request: Request) -> Response:
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            nonlocal subscribers
+            async with broadcast.subscribe("orders") as subscriber:
+                subscribers += 1
+                try:
+                    async for event in subscriber:  # type: ignore[union-attr]
+                        if event is None:
+                            return
+                        rv, _, data = event.message.partition("\n")
+                        yield {"id": rv, "data": data}
+                finally:
+                    subscribers -= 1
+
+        return EventSourceResponse(events(), ping=15)
+
+    def stats() -> dict[str, Any]:
+        return {
+            "published": publisher.published,
+            "running": publisher.running,
+            "encodes": None,
+            "watchers": subscribers,
+        }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with broadcast:
+            yield
+
+    app = Starlette(
+        routes=[Route("/orders", orders), *_control_routes(publisher, stats)], lifespan=lifespan
+    )
+    _run_uvicorn(app, host, port, lifespan="on")
+
+
+class _FloorWatcher:
+    __slots__ = ("future", "queue")
+
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.future: asyncio.Future[None] | None = None
+
+    def offer(self, block: bytes) -> None:
+        self.queue.append(block)
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+def run_floor(host: str, port: int, *, starlette: bool) -> None:
+    """The stack's floor: a task per watcher, a future per wake-up, one ``send`` per batch."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    watchers: set[_FloorWatcher] = set()
+    rv = 0
+
+    def emit(i: int, obj: dict[str, Any]) -> None:
+        nonlocal rv
+        rv += 1
+        _, block = _envelope_block(rv, obj)
+        for watcher in watchers:
+            watcher.offer(block)
+
+    publisher = Publisher(emit)
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        head = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+        loop = asyncio.get_running_loop()
+        watcher = _FloorWatcher()
+        watchers.add(watcher)
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def peer() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task.cancel()
+
+        gone = asyncio.ensure_future(peer())
+        try:
+            while True:
+                if not watcher.queue:
+                    watcher.future = loop.create_future()
+                    await watcher.future
+                    watcher.future = None
+                data = b"".join(watcher.queue)
+                watcher.queue.clear()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        except asyncio.CancelledError:
+            pass
+        finally:
+            watchers.discard(watcher)
+            gone.cancel()
+
+    def stats() -> dict[str, Any]:
+        return {
+            "published": publisher.published,
+            "running": publisher.running,
+            "encodes": None,
+            "watchers": len(watchers),
+        }
+
+    class Endpoint:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await stream(scope, receive, send)
+
+    async def orders(request: Request) -> Endpoint:
+        return Endpoint()
+
+    control = Starlette(routes=_control_routes(publisher, stats))
+    if starlette:
+        app: Any = Starlette(routes=[Route("/orders", orders), *control.routes])
+    else:
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] == "/orders":
+                await stream(scope, receive, send)
+            else:
+                await control(scope, receive, send)
+
+    _run_uvicorn(app, host, port)
+
+
 def run_aiohttp(host: str, port: int) -> None:
     """aiohttp's StreamResponse, one queue per watcher, pre-encoded blocks."""
     from aiohttp import web
@@ -421,12 +616,13 @@ def run_aiohttp(host: str, port: int) -> None:
 
     async def start(request: web.Request) -> web.Response:
         try:
-            rate, seconds, count = parse_start(request.query_string)
+            rate, seconds, count, burst = parse_start(request.query_string)
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if fanout.publisher.running:
             return web.json_response({"error": "already running"}, status=409)
-        return web.json_response({"t0": fanout.publisher.start(rate, seconds, count)}, status=202)
+        t0 = fanout.publisher.start(rate, seconds, count, burst)
+        return web.json_response({"t0": t0}, status=202)
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(fanout.stats())
@@ -471,13 +667,14 @@ def _control_routes(
 
     async def start(request: Request) -> Response:
         try:
-            rate, seconds, count = parse_start(request.url.query)
+            rate, seconds, count, burst = parse_start(request.url.query)
         except (KeyError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         if publisher.running:
             return JSONResponse({"error": "already running"}, status_code=409)
         on_start()
-        return JSONResponse({"t0": publisher.start(rate, seconds, count)}, status_code=202)
+        t0 = publisher.start(rate, seconds, count, burst)
+        return JSONResponse({"t0": t0}, status_code=202)
 
     async def get_stats(request: Request) -> Response:
         return JSONResponse(stats())
@@ -485,7 +682,14 @@ def _control_routes(
     return [Route("/_bench/start", start, methods=["POST"]), Route("/_bench/stats", get_stats)]
 
 
-def _run_uvicorn(app: Any, host: str, port: int, hubs: Sequence[Hub] = ()) -> None:
+def _run_uvicorn(
+    app: Any,
+    host: str,
+    port: int,
+    hubs: Sequence[Hub] = (),
+    http: Literal["h11", "httptools"] = "h11",
+    lifespan: Literal["on", "off"] = "off",
+) -> None:
     """Serve ``app`` with uvicorn, announcing ``ready URL``; watchroutes' ``Server`` also ends
     the hubs' watches on the exit signal (it is a plain uvicorn server for the peers)."""
     import uvicorn
@@ -498,10 +702,10 @@ def _run_uvicorn(app: Any, host: str, port: int, hubs: Sequence[Hub] = ()) -> No
         port=port,
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan=lifespan,
         backlog=4096,
         loop=UVICORN_LOOP,
-        http="h11",
+        http=http,
     )
     Server(config, hubs=list(hubs), announce=True).run()
 
@@ -537,6 +741,12 @@ def main(argv: list[str] | None = None) -> None:
 def serve(args: argparse.Namespace) -> None:
     if args.server == "watchroutes":
         run_watchroutes(args.host, args.port)
+    elif args.server == "watchroutes-httptools":
+        run_watchroutes(args.host, args.port, http="httptools")
+    elif args.server == "broadcaster":
+        run_broadcaster(args.host, args.port)
+    elif args.server in ("asgi-floor", "starlette-floor"):
+        run_floor(args.host, args.port, starlette=args.server == "starlette-floor")
     elif args.server == "sse-starlette":
         run_sse_starlette(args.host, args.port)
     elif args.server == "aiohttp":
