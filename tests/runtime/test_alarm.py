@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from watchroutes import Hub, RequestInfo, SystemClock
@@ -123,7 +124,7 @@ async def test_a_write_that_finishes_in_time_is_left_alone() -> None:
     alarm = make_alarm(SystemClock(), 0.05, lambda: interrupted.append(True))
 
     async def quick(data: bytes) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     for _ in range(3):
         await alarm.write(quick, b"x")
@@ -159,8 +160,8 @@ async def test_a_slow_consumer_stuck_in_a_write_ends_at_once() -> None:
             await anyio.wait_all_tasks_blocked()
             for i in range(1, 20):
                 res.create(order(f"o-{i}"))
-                await anyio.sleep(0)
-            while hub.statistics().active_watches > 1:
+                await anyio.lowlevel.checkpoint()
+            while hub.statistics().active_watches > 1:  # noqa: ASYNC110 - no event to wait on
                 await anyio.sleep(0.01)
             hub.begin_shutdown()
     assert b"".join(got).count(b'"type":"ADDED"') == 20
