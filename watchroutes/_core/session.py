@@ -164,18 +164,22 @@ class WatchSession:
     def step(self, now: float, head: int) -> bytes:
         """The bytes to write now; ``head`` is the hub's applied rv at this instant."""
         phase = self.phase
-        out: list[bytes] = []
+        data = b""
         if phase is not Phase.LIVE:
             self._check()
             if phase is Phase.CLOSED:
                 return b""
+            out: list[bytes] = []
             if self._prelude_step(out, now):
                 return self._flush(out, now)
+            data = b"".join(out)  # the prelude's last batch; live from here on
         sub = self.subscription
         reason = sub.closed
         frames = sub.drain()
-        if frames:
-            out.extend(map(self.wire.frame, frames))
+        if frames:  # the hot path: one shared encoding per frame, joined once
+            encode = self.wire.frame
+            body = encode(frames[0]) if len(frames) == 1 else b"".join(map(encode, frames))
+            data = data + body if data else body
             last = frames[-1].rv
             if last is not None:
                 self.sent_rv = last
@@ -184,25 +188,28 @@ class WatchSession:
             # no bookmark: a slow consumer resumes from its last event; after the shared log
             # was lost or replaced this node's head may belong to another epoch
             self._finish(reason)
-            return self._flush(out, now)
+            return self._wrote(data, now)
         if reason is not None or (self.end_at is not None and now >= self.end_at):
             if sent is None or head > sent:
-                out.append(self.wire.bookmark(head))
+                data += self.wire.bookmark(head)
             self._finish(reason or CloseReason.TIMEOUT)
-            return self._flush(out, now)
+            return self._wrote(data, now)
         if now - self._last_bookmark >= self.heartbeat:
             self._last_bookmark = now  # checked now; the next check is an interval away
             if sent is None or head > sent:
                 mark = self.wire.bookmark(head)
                 if mark:
-                    out.append(mark)
+                    data += mark
                     self.sent_rv = head
-        if not out and now - self._last_write >= self.heartbeat:
+        if not data and now - self._last_write >= self.heartbeat:
             self._last_write = now  # a format with no heartbeat must not be asked again now
-            beat = self.wire.heartbeat(head if sent is None else max(head, sent))
-            if beat:
-                out.append(beat)
-        return self._flush(out, now)
+            data = self.wire.heartbeat(head if sent is None else max(head, sent))
+        return self._wrote(data, now)
+
+    def _wrote(self, data: bytes, now: float) -> bytes:
+        if data:
+            self._last_write = now
+        return data
 
     def _prelude_step(self, out: list[bytes], now: float) -> bool:
         """Write a batch of the prelude; True while more of it remains."""

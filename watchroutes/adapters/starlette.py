@@ -113,11 +113,9 @@ class ReplyResponse(Response):
             stream.discard()
             raise
 
-        async def send_bytes(data: bytes) -> None:
-            try:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            except OSError as exc:  # the server's way of saying the peer is gone
-                raise Disconnected from exc
+        def send_bytes(data: bytes) -> Awaitable[None]:
+            # (an OSError from the server, its way of saying the peer is gone, ends the watch)
+            return send({"type": "http.response.body", "body": data, "more_body": True})
 
         async def wait_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
