@@ -710,6 +710,22 @@ def _run_uvicorn(
     Server(config, hubs=list(hubs), announce=True).run()
 
 
+def _report_gc() -> None:
+    """Print every collection's generation and duration to stderr (diagnostics)."""
+    import gc
+
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            ms = 1e3 * (time.perf_counter() - began[0])
+            print(f"gc gen{info['generation']} {ms:.2f} ms", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(callback)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("server", choices=SERVERS)
@@ -719,6 +735,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pin_to_cpu(None if args.cpu < 0 else args.cpu)
     raise_open_files_limit()
+    if os.environ.get("WATCHROUTES_BENCH_GC") == "off":  # to tell collector pauses apart
+        import gc
+
+        gc.disable()
+    gc_mode = os.environ.get("WATCHROUTES_BENCH_GC", "")
+    if gc_mode == "stats":
+        _report_gc()
+    elif gc_mode.startswith("threshold:"):  # e.g. threshold:10000,10,10
+        import gc
+
+        gc.set_threshold(*map(int, gc_mode.split(":", 1)[1].split(",")))
     profile_to = os.environ.get("WATCHROUTES_BENCH_PROFILE")
     if profile_to:  # cProfile the server; the stats go to this path + the server's name
         import cProfile
