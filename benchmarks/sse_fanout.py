@@ -298,12 +298,26 @@ class ServerProcess:
             finally:
                 writer.close()
 
-        response = await asyncio.wait_for(exchange(), CONTROL_TIMEOUT)
+        try:
+            response = await asyncio.wait_for(exchange(), CONTROL_TIMEOUT)
+        except TimeoutError:
+            raise BenchmarkError(f"{method} {target}: no answer in {CONTROL_TIMEOUT:g} s") from None
         head, _, body = response.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         if status >= 300:
             raise BenchmarkError(f"{method} {target}: {status} {body[:200]!r}")
         return json.loads(body)
+
+    async def stats(self, deadline: float) -> Any:
+        """``GET /_bench/stats``, asked again until ``deadline`` while a server busy draining
+        its queues cannot answer in time."""
+        while True:
+            try:
+                return await self.control("GET", "/_bench/stats")
+            except BenchmarkError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
 
 async def open_watchers(server: ServerProcess, count: int, sample: int) -> list[Watcher]:
@@ -389,11 +403,11 @@ async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
                 for w in watchers:
                     w.expect(count, done)
             # Let the publisher finish, then wait for the last events (bounded by --drain).
-            stats = await server.control("GET", "/_bench/stats")
             deadline = time.monotonic() + args.drain
+            stats = await server.stats(deadline)
             while stats["running"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                stats = await server.control("GET", "/_bench/stats")
+                stats = await server.stats(deadline)
             published: int = stats["published"]
             if case.mode == "burst" and published < count:  # the publisher ran out of time
                 done = Completion(len(watchers))
@@ -409,7 +423,7 @@ async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
             # Closed by the server (before close_all below marks every watcher as ours).
             alive = [w for w in watchers if not w.closed]
             # Encoder calls once everything was delivered: a lazy per-watcher encode counts.
-            stats = await server.control("GET", "/_bench/stats")
+            stats = await server.stats(time.monotonic() + args.drain)
         finally:
             close_all(watchers)
 
@@ -596,9 +610,12 @@ def parse_cases(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-async def main_async(args: argparse.Namespace, servers: Sequence[str]) -> list[Result]:
+async def main_async(
+    args: argparse.Namespace, servers: Sequence[str], results: list[Result], failed: list[str]
+) -> None:
+    """Run every case; a configuration that fails every attempt is noted in ``failed`` and
+    the run goes on (a peer that cannot keep up at 5,000 watchers must not hide the rest)."""
     cases = parse_cases(args)
-    results: list[Result] = []
     # Repeats are the outer loop and servers alternate, so a burst of load from elsewhere on
     # the machine hits one run of several configurations rather than every run of one.
     for repeat in range(1, args.repeat + 1):
@@ -611,7 +628,12 @@ async def main_async(args: argparse.Namespace, servers: Sequence[str]) -> list[R
                     file=sys.stderr,
                     flush=True,
                 )
-                r = await run_with_retries(kind, case, args)
+                try:
+                    r = await run_with_retries(kind, case, args)
+                except BenchmarkError as exc:
+                    print(f"  {exc}", file=sys.stderr, flush=True)
+                    failed.append(f"{kind} {case.mode} {case.watchers} watchers")
+                    continue
                 print(
                     f"  {r.delivered_per_s:,.0f} deliveries/s, kept up {r.kept_up:.3f}, "
                     f"p50 {fmt(r.p50_ms, 1)} p99 {fmt(r.p99_ms, 1)} p99.9 {fmt(r.p999_ms, 1)} ms "
@@ -623,7 +645,8 @@ async def main_async(args: argparse.Namespace, servers: Sequence[str]) -> list[R
                     flush=True,
                 )
                 results.append(r)
-    return results
+                if args.json is not None:  # every run so far, should a later one hang
+                    args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -660,7 +683,10 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_files_limit()
     started = time.monotonic()
     load_before = load_average()
-    results = asyncio.run(main_async(args, servers))
+    results: list[Result] = []
+    failed: list[str] = []
+    with contextlib.suppress(KeyboardInterrupt):  # ^C prints the tables of what has run
+        asyncio.run(main_async(args, servers, results, failed))
     if any(r.mode == "paced" for r in results):
         print(f"\nPaced ({args.duration:g} s of publishing per run)\n")
         print(paced_table(results, servers))
@@ -675,14 +701,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    if failed:  # in the printed table's notes too, not only on stderr
+        print(f"No result (every attempt failed): {'; '.join(failed)}.")
     bad = [r for r in results if r.lost or r.duplicated]
-    if bad:
-        for r in bad:
-            print(
-                f"FAILED: {r.server} {r.mode} {r.watchers} watchers lost {r.lost} and "
-                f"duplicated {r.duplicated} events",
-                file=sys.stderr,
-            )
+    for r in bad:
+        print(
+            f"FAILED: {r.server} {r.mode} {r.watchers} watchers lost {r.lost} and "
+            f"duplicated {r.duplicated} events",
+            file=sys.stderr,
+        )
+    # A peer that cannot finish a case is a finding; watchroutes failing one is a failure.
+    if bad or any(what.startswith("watchroutes") for what in failed):
         sys.exit(1)
 
 

@@ -107,6 +107,19 @@ def test_shutdown_ends_every_transport_resumably_within_the_grace(seeded: Server
     assert int.from_bytes(tail[close_at + 2 : close_at + 4]) == 1012
 
 
+def _unchunk(data: bytes) -> bytes:
+    """The body of an HTTP/1.1 chunked stream (as much of it as ``data`` holds)."""
+    body = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        body += rest[:size]
+        data = rest[size + 2 :]
+        if size == 0:
+            break
+    return bytes(body)
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
@@ -124,15 +137,15 @@ def test_a_watcher_that_stops_reading_is_disconnected_and_memory_stays_bounded(
     stuck.connect(("127.0.0.1", port))
     stuck.sendall(REQUESTS["sse"].encode())
     healthy, first = _open(server, "sse")
-    counted = [first.count(b"\ndata: ")]
+    received = [first]
 
     def read_healthy() -> None:
         healthy.settimeout(READ_TIMEOUT)
-        while counted[0] < 2001:  # the initial ADDED, then 2,000 changes
+        while b'"n":1999' not in b"".join(received[-2:]):  # the ADDED, then 2,000 changes
             chunk = healthy.recv(1 << 16)
             if not chunk:
                 return
-            counted[0] += chunk.count(b"\ndata: ")
+            received.append(chunk)
 
     reader = threading.Thread(target=read_healthy)
     reader.start()
@@ -141,7 +154,13 @@ def test_a_watcher_that_stops_reading_is_disconnected_and_memory_stays_bounded(
         server.patch("big", {"spec": {"n": i}})
     reader.join(READ_TIMEOUT)
     rss_after = _rss_kib(server.process.pid)
-    assert counted[0] == 2001  # the healthy watcher beside it got every event
+    # The healthy watcher beside it got every event, once and in order.
+    body = _unchunk(b"".join(received).split(b"\r\n\r\n", 1)[1])
+    events = re.findall(rb"^id: (\d+)\ndata: [^\n]*\"n\":(\d+)", body, flags=re.MULTILINE)
+    assert body.count(b'"type":"ADDED"') == 1
+    assert [int(n) for _, n in events] == list(range(2000))
+    rvs = [int(rv) for rv, _ in events]
+    assert rvs == sorted(set(rvs))
     _wait_for_metric(server, "watchroutes_active_watches", 1, READ_TIMEOUT)  # stuck one gone
     assert rss_after - rss_before < 16_384  # KiB: nothing like 2,000 events per watcher queued
     stuck.settimeout(READ_TIMEOUT)
