@@ -124,9 +124,13 @@ class Watcher(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.goal = 0
         self.completion: Completion | None = None
+        self.reported: Completion | None = None
 
     def expect(self, events: int, completion: Completion) -> None:
-        """Report to ``completion`` once ``events`` arrived after the baseline (or at close)."""
+        """Report to ``completion`` once ``events`` arrived after the baseline (or at close);
+        to each completion once (a burst asks twice: before and after the publisher ends)."""
+        if completion is self.reported:
+            return
         self.goal = self.base + events
         self.completion = completion
         self._check_done()
@@ -135,6 +139,7 @@ class Watcher(asyncio.Protocol):
         completion = self.completion
         if completion is not None and (self.closed or self.count >= self.goal):
             self.completion = None
+            self.reported = completion
             completion.one_done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -591,7 +596,7 @@ def versions() -> str:
 
 def parse_cases(args: argparse.Namespace) -> list[Case]:
     cases: list[Case] = []
-    for spec in args.paced if args.paced is not None else DEFAULT_PACED:
+    for spec in filter(None, args.paced if args.paced is not None else DEFAULT_PACED):
         count, _, rates = spec.partition(":")
         try:
             cases.extend(Case("paced", int(count), rate=float(r)) for r in rates.split(","))
@@ -651,7 +656,9 @@ async def main_async(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--paced", action="append", metavar="WATCHERS:RATE[,RATE...]")
+    parser.add_argument(
+        "--paced", action="append", metavar="WATCHERS:RATE[,RATE...]", help='"" for none'
+    )
     parser.add_argument("--burst", metavar="WATCHERS[,WATCHERS...]", help='"" for none')
     parser.add_argument("--quick", action="store_true", help="1,000 watchers, one run each")
     parser.add_argument("--duration", type=float, default=10.0, help="paced: seconds")
