@@ -4,6 +4,7 @@ Run it from the repository root::
 
     .venv/bin/python benchmarks/idle_memory.py                  # the table in docs/benchmarks.md
     .venv/bin/python benchmarks/idle_memory.py --watchers 200 --rounds 1
+    .venv/bin/python benchmarks/idle_memory.py --transport jsonlines   # watchroutes only
 
 For each server of ``sse_fanout_servers.py`` (watchroutes on uvicorn, raw asyncio with and
 without uvloop, sse-starlette, aiohttp), a fresh server process: its RSS once it has served a
@@ -11,6 +12,8 @@ first watcher and closed it (so that code paths are loaded and warm), then its R
 ``--watchers`` idle SSE watchers connected (each has received its first bytes). The difference
 divided by the watchers is the memory an idle watcher costs. Medians of ``--rounds``; the
 ratio column divides by sse-starlette's figure (issue target: watchroutes at most a third).
+``--transport jsonlines`` opens Kubernetes JSON-lines watches (``?watch=true``, which only the
+watchroutes servers answer) instead of SSE ones.
 """
 
 from __future__ import annotations
@@ -32,14 +35,27 @@ def rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
-async def measure(kind: str, watchers: int) -> float:
+#: How each transport's watch is asked for: (request target, Accept).
+TRANSPORTS = {
+    "sse": ("/orders", "text/event-stream"),
+    # the initial-events bookmark gives each watch its first bytes at once
+    "jsonlines": (
+        "/orders?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+        "&allowWatchBookmarks=true",
+        "application/json",
+    ),
+}
+
+
+async def measure(kind: str, watchers: int, transport: str = "sse") -> float:
+    target, accept = TRANSPORTS[transport]
     async with ServerProcess(kind, cpu=0) as server:
         assert server.proc is not None
-        warm = await open_watchers(server, 1, 0)
+        warm = await open_watchers(server, 1, 0, target, accept)
         close_all(warm)
         await asyncio.sleep(0.5)
         before = rss_kib(server.proc.pid)
-        opened = await open_watchers(server, watchers, 0)
+        opened = await open_watchers(server, watchers, 0, target, accept)
         await asyncio.sleep(1.0)  # let the server settle (buffers, tasks started)
         after = rss_kib(server.proc.pid)
         close_all(opened)
@@ -50,22 +66,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--servers", default=None, help="default: every server (SSE)")
+    parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="sse")
     parser.add_argument("--quick", action="store_true", help="300 watchers, one round")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.watchers, args.rounds = 300, 1
+    if args.servers is None:
+        args.servers = ",".join(SERVERS) if args.transport == "sse" else "watchroutes"
     pin_to_cpu(1)
     raise_open_files_limit()
     gc.disable()
     results = {}
     for kind in args.servers.split(","):
-        values = [asyncio.run(measure(kind, args.watchers)) for _ in range(args.rounds)]
+        values = [
+            asyncio.run(measure(kind, args.watchers, args.transport)) for _ in range(args.rounds)
+        ]
         results[kind] = statistics.median(values)
         print(f"{kind}: {results[kind] / 1024:.1f} KiB per watcher", file=sys.stderr)
     base = results.get("sse-starlette")
-    print(f"\n{args.watchers} idle SSE watchers, medians of {args.rounds}\n")
+    print(f"\n{args.watchers} idle {args.transport} watchers, medians of {args.rounds}\n")
     print("| server | KiB per idle watcher | vs sse-starlette |")
     print("|---|---:|---:|")
     for kind, value in results.items():

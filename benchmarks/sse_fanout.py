@@ -325,14 +325,20 @@ class ServerProcess:
                 await asyncio.sleep(0.5)
 
 
-async def open_watchers(server: ServerProcess, count: int, sample: int) -> list[Watcher]:
-    """Open ``count`` SSE watchers; ``sample`` of them, spread evenly over the connection
-    order (a server that serves watchers in the order they came must not look faster because
-    only the first ones are timed), check ids and time events."""
+async def open_watchers(
+    server: ServerProcess,
+    count: int,
+    sample: int,
+    target: str = "/orders",
+    accept: str = "text/event-stream",
+) -> list[Watcher]:
+    """Open ``count`` watchers (SSE unless ``target`` and ``accept`` ask otherwise); ``sample``
+    of them, spread evenly over the connection order (a server that serves watchers in the
+    order they came must not look faster because only the first ones are timed), check ids and
+    time events."""
     loop = asyncio.get_running_loop()
     request = (
-        f"GET /orders HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
-        "Accept: text/event-stream\r\n\r\n"
+        f"GET {target} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nAccept: {accept}\r\n\r\n"
     ).encode()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     every = count / sample if sample else 0.0
