@@ -10,7 +10,7 @@ import sys
 
 from .orders import Settings, start
 
-FRAMEWORKS = ("starlette", "fastapi")
+FRAMEWORKS = ("starlette", "fastapi", "aiohttp")
 
 
 def parse(argv: list[str]) -> tuple[str, Settings]:
@@ -42,6 +42,11 @@ def parse(argv: list[str]) -> tuple[str, Settings]:
 
 def main(argv: list[str]) -> None:
     framework, settings = parse(argv)
+    if framework == "aiohttp":
+        from .aiohttp_app import main as serve_aiohttp
+
+        serve_aiohttp(settings)
+        return
     import uvicorn
     from starlette.applications import Starlette
 

@@ -58,6 +58,7 @@ __all__ = [
 FRAMEWORKS: Final = (
     "starlette",
     "fastapi",
+    "aiohttp",
     "starlette-memory",
     "fastapi-memory",
     "starlette-redis",

@@ -1,0 +1,158 @@
+"""The orders app on aiohttp: one route per path serves lists, watches and WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from watchroutes import (
+    ClientError,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+)
+from watchroutes.adapters.aiohttp import (
+    error_response,
+    is_websocket,
+    list_response,
+    setup,
+    watchable,
+)
+
+from .orders import (
+    MAX_BODY,
+    PAGE,
+    Settings,
+    check_socket_token,
+    check_token,
+    decode_body,
+    make_hub,
+    metrics_text,
+    start,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    import msgspec
+
+    return web.Response(
+        status=status, body=msgspec.json.encode(body), content_type="application/json"
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    hub, orders = make_hub(settings)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            path = request.path
+            if (path == "/orders" or path.startswith("/orders/")) and not is_websocket(request):
+                check_token(
+                    settings,
+                    request.headers.get("authorization"),
+                    request.query.get("access_token") if request.method == "GET" else None,
+                )
+            return await handler(request)
+        except ClientError as exc:
+            return error_response(exc)
+        except web.HTTPException as exc:
+            error: ClientError
+            if exc.status == 405:
+                error = MethodNotAllowed(f"{request.method} is not allowed here")
+            elif exc.status == 404:
+                error = NotFound(f"no route for {request.path[:200]}")
+            elif exc.status == 413:
+                error = RequestEntityTooLarge(f"the body is larger than {MAX_BODY} bytes")
+            else:
+                return json_response({"message": exc.reason}, exc.status)
+            return error_response(error)
+
+    def authorize(request: web.Request, token: str | None) -> None:
+        check_socket_token(settings, request, token)
+
+    @watchable(orders, authorize=authorize)
+    async def list_orders(request: web.Request) -> web.StreamResponse:
+        return await list_response(orders, request)
+
+    @watchable(orders, key="name", authorize=authorize)
+    async def get_order(request: web.Request) -> web.StreamResponse:
+        return await list_response(orders, request, key="name")
+
+    async def create_order(request: web.Request) -> web.StreamResponse:
+        body = decode_body(await request.read(), request.headers.get("content-type"))
+        return json_response(await orders.acreate(body), 201)
+
+    async def replace_order(request: web.Request) -> web.StreamResponse:
+        body = decode_body(await request.read(), request.headers.get("content-type"))
+        return json_response(await orders.areplace(body, key=request.match_info["name"]))
+
+    async def patch_order(request: web.Request) -> web.StreamResponse:
+        ctype = request.headers.get("content-type")
+        body = decode_body(await request.read(), ctype, patch=True)
+        return json_response(await orders.apatch(request.match_info["name"], body))
+
+    async def delete_order(request: web.Request) -> web.StreamResponse:
+        return json_response(await orders.adelete(request.match_info["name"]))
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=metrics_text(hub),
+            headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def seed(app: web.Application) -> None:
+        await start(hub, settings)  # the hub follows its log by now
+
+    # a body one byte over the limit reaches decode_body, which says what the limit is
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY + 1)
+    setup(app, hub)
+    app.on_startup.append(seed)
+    app.router.add_get("/", page, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/orders", list_orders, allow_head=False)
+    app.router.add_post("/orders", create_order)
+    app.router.add_get("/orders/{name}", get_order, allow_head=False)
+    app.router.add_put("/orders/{name}", replace_order)
+    app.router.add_patch("/orders/{name}", patch_order)
+    app.router.add_delete("/orders/{name}", delete_order)
+    app["hub"] = hub
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=8)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    if ":" in host:
+        host = f"[{host}]"
+    print(f"ready http://{host}:{port}", flush=True)
+    sys.stdout.flush()
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        await runner.cleanup()  # stop accepting, end the streams (on_shutdown), wait, clean up
+
+
+def main(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    asyncio.run(serve(settings))  # then exit with status 0

@@ -1,0 +1,356 @@
+"""aiohttp adapter: make an existing route watchable.
+
+::
+
+    hub = Hub()
+    orders = hub.resource("orders", kind="Order")
+
+    @watchable(orders)                  # GET /orders: list, watch, or a WebSocket upgrade
+    async def list_orders(request):    # runs only for a plain GET
+        ...
+
+    @watchable(orders, key="name")      # GET /orders/{name}: the object, or a watch of it
+    async def get_order(request): ...
+
+    app = web.Application()
+    setup(app, hub)                     # start the hub; end its streams on shutdown
+    app.router.add_get("/orders", list_orders)
+    app.router.add_get("/orders/{name}", get_order)
+
+One route serves every transport: aiohttp routes a WebSocket handshake like any GET, so the
+decorated handler answers an ``Upgrade: websocket`` request with a WebSocket watch (DESIGN 4)
+unless ``websocket=False``. Without a handler of your own, ``watch_handler(orders)`` answers
+plain GETs with the Kubernetes-style list body.
+
+The adapter only translates: request -> :class:`RequestInfo`, :class:`Reply` -> a response
+written through the response's own payload writer, and aiohttp's ``WebSocketResponse`` to and
+from the runtime's socket. A watch runs in aiohttp's handler task and needs no second task:
+aiohttp reports a peer that left as the failure of the next write, so a closed or reset
+connection is released at the latest by the next heartbeat (DESIGN 5.4); with
+``handler_cancellation=True`` (``web.run_app``, ``AppRunner``) at once.
+
+:func:`setup` ties the hubs to the application: entered on startup (a hub on a shared log
+loads it and starts following it) and shut down from ``on_shutdown``, which aiohttp runs
+after it stops accepting connections and before it waits for the open ones, so every stream
+ends with its final bookmark and clients resume elsewhere (DESIGN 5.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar
+
+try:
+    from aiohttp import WSMsgType, hdrs, web
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "watchroutes.adapters.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
+    ) from exc
+
+from .._core.errors import ClientError
+from .._core.params import Mode
+from .._runtime.hub import Hub, RequestInfo, Resource
+from .._runtime.reply import Reply, error_reply
+from .._runtime.stream import Disconnected
+from .._runtime.websocket import WebSocketLimits, WebSocketRequest
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "WebSocketAuthorize",
+    "error_response",
+    "is_websocket",
+    "list_response",
+    "reply_response",
+    "request_info",
+    "serve_websocket",
+    "setup",
+    "watch_handler",
+    "watchable",
+    "websocket_request",
+]
+
+#: How long a closing WebSocket waits for the peer's close frame (aiohttp waits in the
+#: handler, and a shutdown waits for the handlers): a peer that does not answer is dropped.
+CLOSE_TIMEOUT: Final = 1.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+#: Checks a WebSocket's credentials before any subscription opens: called with the request
+#: and the bearer token it presented (``bearer.<token>`` subprotocol, ``Authorization:
+#: Bearer``, or ``access_token`` on the query; ``None`` without one). Raise ``Unauthorized``
+#: (closes 4401) or ``Forbidden`` (4403) to refuse it.
+WebSocketAuthorize = Callable[[web.Request, str | None], Awaitable[None] | None]
+
+
+def request_info(request: web.Request, key: str | None = None) -> RequestInfo:
+    """Translate an aiohttp request; ``key`` names the path parameter of an object route."""
+    headers = request.headers
+    return RequestInfo(
+        query=list(request.query.items()),
+        accept=headers.get(hdrs.ACCEPT),
+        last_event_id=headers.get("Last-Event-ID"),
+        key=None if key is None else request.match_info[key],
+    )
+
+
+def is_websocket(request: web.Request) -> bool:
+    """Whether ``request`` is a WebSocket handshake."""
+    return (
+        request.method == hdrs.METH_GET
+        and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    )
+
+
+async def reply_response(request: web.Request, reply: Reply) -> web.StreamResponse:
+    """Send ``reply``: a plain response, or a stream run until it ends (then returned, sent)."""
+    stream = reply.stream
+    if stream is None and not reply.chunked:
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+    response = web.StreamResponse(status=reply.status, headers=reply.headers)
+    try:
+        # The writer frames the body (chunked on HTTP/1.1); its first write flushes the
+        # headers, even when the chunk is empty.
+        writer = await response.prepare(request)
+        assert writer is not None
+        await writer.write(reply.body)
+    except BaseException:
+        if stream is not None:
+            stream.discard()
+        raise
+    if stream is not None:
+        # (a peer that left makes the writer raise ConnectionResetError, an OSError, which
+        # ends the watch; see the module docstring)
+        await stream.run(writer.write)
+    with contextlib.suppress(OSError):
+        await response.write_eof()
+    return response
+
+
+def _add_vary(response: web.StreamResponse) -> None:
+    vary = response.headers.get(hdrs.VARY, "")
+    if "accept" not in vary.lower():
+        response.headers[hdrs.VARY] = f"{vary}, Accept" if vary else "Accept"
+
+
+def watchable(
+    resource: Resource,
+    *,
+    key: str | None = None,
+    websocket: bool = True,
+    authorize: WebSocketAuthorize | None = None,
+    limits: WebSocketLimits | None = None,
+) -> Callable[[H], H]:
+    """Decorate an aiohttp handler so that its route serves watches.
+
+    ``key`` is the name of the path parameter holding the object's key on an object route.
+    The decorated handler runs only for plain GETs (and other methods, when the route has
+    them); its responses get ``Vary: Accept``. A WebSocket handshake on the route becomes a
+    WebSocket watch (``authorize`` and ``limits`` as in :func:`serve_websocket`) unless
+    ``websocket`` is false. Works on a handler that takes the request as its last positional
+    argument, so also on the methods of a class.
+    """
+
+    def decorate(handler: H) -> H:
+        @functools.wraps(handler)
+        async def wrapper(*args: Any) -> web.StreamResponse:
+            request = args[-1]
+            if request.method == hdrs.METH_GET:
+                if websocket and is_websocket(request):
+                    return await serve_websocket(
+                        resource, request, key=key, authorize=authorize, limits=limits
+                    )
+                hub = resource.hub
+                reply = await hub.answer_watch(resource.name, request_info(request, key))
+                if reply is not None:
+                    return await reply_response(request, reply)
+            response = await handler(*args)
+            if request.method == hdrs.METH_GET and not response.prepared:
+                _add_vary(response)
+            return response
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def watch_handler(resource: Resource, *, key: str | None = None, websocket: bool = True) -> Handler:
+    """A complete handler: the library's list (or object) body, a watch, or a WebSocket."""
+
+    @watchable(resource, key=key, websocket=websocket)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await list_response(resource, request, key=key)
+
+    return handler
+
+
+async def list_response(
+    resource: Resource, request: web.Request, *, key: str | None = None
+) -> web.StreamResponse:
+    """The library's plain-GET answer: the Kubernetes-style list or, on an object route whose
+    path parameter ``key`` names the object, that object (404 when missing)."""
+    reply = await resource.hub.answer_list(resource.name, request_info(request, key))
+    return await reply_response(request, reply)
+
+
+def error_response(exc: ClientError) -> web.Response:
+    """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
+    reply = error_reply(exc, Mode.LIST, retry_ms=0)
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+
+def websocket_request(request: web.Request, key: str | None = None) -> WebSocketRequest:
+    """Translate a WebSocket handshake; ``key`` names the path parameter of an object route."""
+    headers = request.headers
+    offered = headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+    return WebSocketRequest(
+        query=list(request.query.items()),
+        subprotocols=tuple(p.strip() for value in offered for p in value.split(",") if p.strip()),
+        origin=headers.get(hdrs.ORIGIN),
+        host=headers.get(hdrs.HOST),
+        secure=request.secure,
+        key=None if key is None else request.match_info[key],
+        authorization=headers.get(hdrs.AUTHORIZATION),
+    )
+
+
+class _Socket:
+    """An aiohttp ``WebSocketResponse`` as the runtime's socket."""
+
+    __slots__ = ("gone", "max_bytes", "request", "ws")
+
+    def __init__(self, request: web.Request, max_bytes: int) -> None:
+        self.request = request
+        self.max_bytes = max_bytes
+        self.ws: web.WebSocketResponse | None = None
+        self.gone = False
+
+    async def accept(self, subprotocol: str | None) -> None:
+        # Ping/pong is the server's (``heartbeat``) or the runtime's own heartbeat messages.
+        # One byte past the runtime's limit: a message just over it reaches the runtime, which
+        # closes with 1009 and says the limit; aiohttp closes anything bigger with 1009 too,
+        # without buffering it.
+        ws = web.WebSocketResponse(
+            protocols=() if subprotocol is None else (subprotocol,),
+            max_msg_size=self.max_bytes + 1,
+            timeout=CLOSE_TIMEOUT,
+        )
+        await ws.prepare(self.request)
+        self.ws = ws
+
+    async def receive(self) -> str | bytes | None:
+        ws = self.ws
+        if self.gone or ws is None:
+            return None
+        try:
+            message = await ws.receive()
+        except (RuntimeError, OSError):  # the socket was closed under us
+            self.gone = True
+            return None
+        if message.type is WSMsgType.TEXT:
+            return str(message.data)
+        if message.type is WSMsgType.BINARY:
+            return bytes(message.data)
+        self.gone = True  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it with its code)
+        return None
+
+    async def send(self, text: str) -> None:
+        ws = self.ws
+        if self.gone or ws is None or ws.closed:
+            raise Disconnected
+        try:
+            await ws.send_str(text)
+        except (RuntimeError, OSError) as exc:
+            self.gone = True
+            raise Disconnected from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        ws = self.ws
+        if ws is not None and not self.gone:
+            self.gone = True
+            await ws.close(code=code, message=reason.encode())
+
+
+async def serve_websocket(
+    resource: Resource,
+    request: web.Request,
+    *,
+    key: str | None = None,
+    authorize: WebSocketAuthorize | None = None,
+    limits: WebSocketLimits | None = None,
+) -> web.StreamResponse:
+    """Run a WebSocket watch of ``resource`` (DESIGN 4) on the handshake ``request``.
+
+    ``key`` names the path parameter of an object route (``/orders/{name}``); ``authorize``
+    checks credentials; ``limits`` overrides the per-socket limits and the ``Origin``
+    allow-list (default: the request's own origin).
+    """
+    limits = limits or WebSocketLimits()
+    check = None
+    if authorize is not None:
+
+        def check(token: str | None) -> Awaitable[None] | None:
+            return authorize(request, token)
+
+    socket = _Socket(request, limits.max_message_bytes)
+    await resource.hub.serve_websocket(
+        resource.name, websocket_request(request, key), socket, authorize=check, limits=limits
+    )
+    if socket.ws is None:  # pragma: no cover - the runtime always accepts first
+        raise web.HTTPInternalServerError
+    return socket.ws
+
+
+# -- the application's lifecycle ------------------------------------------------------------
+
+
+def setup(app: web.Application, *hubs: Hub) -> None:
+    """Run ``hubs`` with ``app``: entered on startup, their streams ended on shutdown.
+
+    Each hub runs in a task of its own from startup to cleanup, so aiohttp may run its
+    startup and cleanup signals in different tasks.
+    """
+    app.cleanup_ctx.append(functools.partial(_run_hubs, hubs))
+
+    async def end_streams(app: web.Application) -> None:
+        for hub in hubs:
+            await hub.aclose()
+
+    app.on_shutdown.append(end_streams)
+
+
+async def _run_hubs(hubs: Iterable[Hub], app: web.Application) -> AsyncIterator[None]:
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for hub in hubs:
+                    await stack.enter_async_context(hub)
+                started.set_result(None)
+                await stop.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+
+    task = asyncio.ensure_future(run())
+    try:
+        await started
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
