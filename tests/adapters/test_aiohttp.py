@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -43,7 +44,7 @@ def make_hub(**kwargs: object) -> tuple[Hub, Resource]:
 
 @asynccontextmanager
 async def serving(
-    app: web.Application, **kwargs: object
+    app: web.Application, **kwargs: Any
 ) -> AsyncIterator[tuple[TestServer, aiohttp.ClientSession]]:
     server = TestServer(app, host="127.0.0.1", **kwargs)
     await server.start_server()
