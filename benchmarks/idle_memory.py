@@ -4,14 +4,16 @@ Run it from the repository root::
 
     .venv/bin/python benchmarks/idle_memory.py                  # the table in docs/benchmarks.md
     .venv/bin/python benchmarks/idle_memory.py --watchers 200 --rounds 1
-    .venv/bin/python benchmarks/idle_memory.py --transport jsonlines   # watchroutes only
+    .venv/bin/python benchmarks/idle_memory.py --transport jsonlines   # watchroutes' servers only
 
-For each server of ``sse_fanout_servers.py`` (watchroutes on uvicorn, raw asyncio with and
-without uvloop, sse-starlette, aiohttp), a fresh server process: its RSS once it has served a
-first watcher and closed it (so that code paths are loaded and warm), then its RSS with
-``--watchers`` idle SSE watchers connected (each has received its first bytes). The difference
-divided by the watchers is the memory an idle watcher costs. Medians of ``--rounds``; the
-ratio column divides by sse-starlette's figure (issue target: watchroutes at most a third).
+For each server of ``sse_fanout_servers.py`` (watchroutes on uvicorn and on aiohttp, raw
+asyncio with and without uvloop, sse-starlette, aiohttp), a fresh server process: its RSS
+once it has served a first watcher and closed it (so that code paths are loaded and warm),
+then its RSS with ``--watchers`` idle SSE watchers connected (each has received its first
+bytes). The difference divided by the watchers is the memory an idle watcher costs. Medians
+of ``--rounds``; the ratio columns divide by sse-starlette's figure (issue target: watchroutes
+on uvicorn at most a third) and by plain aiohttp's (target: watchroutes' aiohttp adapter at
+most 1.2 times).
 ``--transport jsonlines`` opens Kubernetes JSON-lines watches (``?watch=true``, which only the
 watchroutes servers answer) instead of SSE ones.
 """
@@ -74,7 +76,9 @@ def main() -> None:
     if args.quick:
         args.watchers, args.rounds = 300, 1
     if args.servers is None:
-        args.servers = ",".join(SERVERS) if args.transport == "sse" else "watchroutes"
+        args.servers = (
+            ",".join(SERVERS) if args.transport == "sse" else "watchroutes,watchroutes-aiohttp"
+        )
     pin_to_cpu(1)
     raise_open_files_limit()
     gc.disable()
@@ -86,12 +90,14 @@ def main() -> None:
         results[kind] = statistics.median(values)
         print(f"{kind}: {results[kind] / 1024:.1f} KiB per watcher", file=sys.stderr)
     base = results.get("sse-starlette")
+    plain = results.get("aiohttp")
     print(f"\n{args.watchers} idle {args.transport} watchers, medians of {args.rounds}\n")
-    print("| server | KiB per idle watcher | vs sse-starlette |")
-    print("|---|---:|---:|")
+    print("| server | KiB per idle watcher | vs sse-starlette | vs aiohttp |")
+    print("|---|---:|---:|---:|")
     for kind, value in results.items():
         ratio = f"{value / base:.2f}" if base else ""
-        print(f"| {kind} | {value / 1024:.1f} | {ratio} |")
+        vs_plain = f"{value / plain:.2f}" if plain else ""
+        print(f"| {kind} | {value / 1024:.1f} | {ratio} | {vs_plain} |")
     if args.json:
         args.json.write_text(json.dumps({"watchers": args.watchers, "bytes": results}, indent=2))
 

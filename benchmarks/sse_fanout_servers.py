@@ -4,7 +4,8 @@
 
     .venv/bin/python benchmarks/sse_fanout_servers.py watchroutes [--port 0] [--cpu 0]
     .venv/bin/python benchmarks/sse_fanout_servers.py raw [--port 0] [--cpu 0]
-    (also watchroutes-httptools, raw-uvloop, sse-starlette, broadcaster, aiohttp)
+    (also watchroutes-httptools, watchroutes-aiohttp, raw-uvloop, sse-starlette, broadcaster,
+    aiohttp, asgi-floor, starlette-floor)
 
 ``watchroutes``
     A Starlette app whose ``GET /orders`` is ``watch_endpoint(orders)``, served by uvicorn
@@ -21,6 +22,9 @@
 ``watchroutes-httptools``
     The same app with uvicorn's httptools protocol instead of h11 (what ``uvicorn[standard]``
     and the ``server`` extra install; the asyncio loop still).
+``watchroutes-aiohttp``
+    The same hub through ``watchroutes.adapters.aiohttp`` (``watch_handler(orders)``) on
+    aiohttp's own server, next to ``aiohttp`` below.
 ``raw-uvloop``
     The same on uvloop's event loop.
 ``asgi-floor``, ``starlette-floor``
@@ -90,6 +94,7 @@ Emit = Callable[[int, dict[str, Any]], Awaitable[None] | None]
 SERVERS: Final = (
     "watchroutes",
     "watchroutes-httptools",
+    "watchroutes-aiohttp",
     "raw",
     "raw-uvloop",
     "sse-starlette",
@@ -205,48 +210,66 @@ def parse_start(query: str) -> tuple[float, float, int, int]:
 # -- watchroutes on uvicorn ------------------------------------------------------------------
 
 
+class _Watchroutes:
+    """The hub every watchroutes server publishes to, with its encoder counted."""
+
+    def __init__(self) -> None:
+        import watchroutes._core.events as events_module
+        from watchroutes import Hub
+
+        self.encodes = 0
+        self.encodes_at_start = 0
+        real_encode = events_module.encode
+
+        def counting_encode(value: Any) -> bytes:
+            self.encodes += 1
+            return real_encode(value)
+
+        events_module.encode = counting_encode
+        self.hub = Hub()
+        self.orders = self.hub.resource("orders", kind="Order")
+        orders = self.orders
+        self.publisher = Publisher(lambda i, obj: orders.publish("MODIFIED", obj))
+
+    def on_start(self) -> None:
+        self.encodes_at_start = self.encodes
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "published": self.publisher.published,
+            "running": self.publisher.running,
+            "encodes": self.encodes - self.encodes_at_start,
+            "watchers": self.hub.statistics().active_watches,
+        }
+
+
 def run_watchroutes(host: str, port: int, http: Literal["h11", "httptools"] = "h11") -> None:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    import watchroutes._core.events as events_module
-    from watchroutes import Hub
     from watchroutes.adapters.starlette import watch_endpoint
 
-    encodes = 0
-    encodes_at_start = 0
-    real_encode = events_module.encode
-
-    def counting_encode(value: Any) -> bytes:
-        nonlocal encodes
-        encodes += 1
-        return real_encode(value)
-
-    events_module.encode = counting_encode
-
-    hub = Hub()
-    orders = hub.resource("orders", kind="Order")
-    publisher = Publisher(lambda i, obj: orders.publish("MODIFIED", obj))
-
-    def on_start() -> None:
-        nonlocal encodes_at_start
-        encodes_at_start = encodes
-
-    def stats() -> dict[str, Any]:
-        return {
-            "published": publisher.published,
-            "running": publisher.running,
-            "encodes": encodes - encodes_at_start,
-            "watchers": hub.statistics().active_watches,
-        }
-
+    wr = _Watchroutes()
     app = Starlette(
         routes=[
-            Route("/orders", watch_endpoint(orders)),
-            *_control_routes(publisher, stats, on_start),
+            Route("/orders", watch_endpoint(wr.orders)),
+            *_control_routes(wr.publisher, wr.stats, wr.on_start),
         ]
     )
-    _run_uvicorn(app, host, port, hubs=[hub], http=http)
+    _run_uvicorn(app, host, port, hubs=[wr.hub], http=http)
+
+
+def run_watchroutes_aiohttp(host: str, port: int) -> None:
+    """The same hub through the aiohttp adapter, on aiohttp's own server."""
+    from aiohttp import web
+
+    from watchroutes.adapters.aiohttp import setup, watch_handler
+
+    wr = _Watchroutes()
+    app = web.Application()
+    setup(app, wr.hub)
+    app.router.add_get("/orders", watch_handler(wr.orders, websocket=False))
+    _serve_aiohttp(app, host, port, wr.publisher, wr.stats, wr.on_start)
 
 
 # -- the raw asyncio reference ---------------------------------------------------------------
@@ -614,41 +637,53 @@ def run_aiohttp(host: str, port: int) -> None:
             fanout.queues.discard(queue)
         return response
 
+    app = web.Application()
+    app.router.add_get("/orders", orders)
+    _serve_aiohttp(app, host, port, fanout.publisher, fanout.stats)
+
+
+def _serve_aiohttp(
+    app: Any,
+    host: str,
+    port: int,
+    publisher: Publisher,
+    stats: Callable[[], dict[str, Any]],
+    on_start: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve ``app`` with aiohttp's server and the control routes, announcing ``ready URL``."""
+    from aiohttp import web
+
     async def start(request: web.Request) -> web.Response:
         try:
             rate, seconds, count, burst = parse_start(request.query_string)
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        if fanout.publisher.running:
+        if publisher.running:
             return web.json_response({"error": "already running"}, status=409)
-        t0 = fanout.publisher.start(rate, seconds, count, burst)
+        on_start()
+        t0 = publisher.start(rate, seconds, count, burst)
         return web.json_response({"t0": t0}, status=202)
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(fanout.stats())
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response(stats())
 
-    app = web.Application()
-    app.router.add_get("/orders", orders)
     app.router.add_post("/_bench/start", start)
-    app.router.add_get("/_bench/stats", stats)
+    app.router.add_get("/_bench/stats", get_stats)
 
     async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=4096)
         await site.start()
-        server = site._server
-        assert server is not None
-        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        bound = runner.addresses[0][1]
         print(f"ready http://{host}:{bound}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        if fanout.publisher.task is not None:
-            fanout.publisher.task.cancel()
-        await runner.shutdown()
+        if publisher.task is not None:
+            publisher.task.cancel()
         await runner.cleanup()
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -770,6 +805,8 @@ def serve(args: argparse.Namespace) -> None:
         run_watchroutes(args.host, args.port)
     elif args.server == "watchroutes-httptools":
         run_watchroutes(args.host, args.port, http="httptools")
+    elif args.server == "watchroutes-aiohttp":
+        run_watchroutes_aiohttp(args.host, args.port)
     elif args.server == "broadcaster":
         run_broadcaster(args.host, args.port)
     elif args.server in ("asgi-floor", "starlette-floor"):
