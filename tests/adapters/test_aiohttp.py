@@ -106,6 +106,27 @@ async def test_a_method_handler_and_other_methods_pass_through() -> None:
             assert json.loads(await resp.content.readline())["type"] == "ADDED"
 
 
+async def test_a_class_based_view() -> None:
+    hub, orders = make_hub()
+
+    class OrdersView(web.View):
+        @watchable(orders)
+        async def get(self) -> web.StreamResponse:
+            return await list_response(orders, self.request)
+
+    app = web.Application()
+    setup(app, hub)
+    app.router.add_view("/orders", OrdersView)
+    async with serving(app) as (_, client):
+        async with client.get("/orders") as response:
+            assert [o["metadata"]["name"] for o in (await response.json())["items"]] == ["o-1"]
+            assert response.headers["Vary"] == "Accept"
+        async with client.get("/orders", params={"watch": "1", "timeoutSeconds": "1"}) as resp:
+            assert json.loads(await resp.content.readline())["type"] == "ADDED"
+        async with client.ws_connect("/orders", protocols=("watchroutes.v1",)) as ws:
+            assert json.loads(await ws.receive_str())["type"] == "ADDED"
+
+
 async def test_bad_watch_parameters_get_a_status_body() -> None:
     hub, orders = make_hub()
     app = web.Application()

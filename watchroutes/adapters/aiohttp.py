@@ -151,13 +151,15 @@ def watchable(
     them); its responses get ``Vary: Accept``. A WebSocket handshake on the route becomes a
     WebSocket watch (``authorize`` and ``limits`` as in :func:`serve_websocket`) unless
     ``websocket`` is false. Works on a handler that takes the request as its last positional
-    argument, so also on the methods of a class.
+    argument (also a method of a class), and on the ``get`` method of a ``web.View``.
     """
 
     def decorate(handler: H) -> H:
         @functools.wraps(handler)
         async def wrapper(*args: Any) -> web.StreamResponse:
             request = args[-1]
+            if isinstance(request, web.View):  # a class-based view's method
+                request = request.request
             if request.method == hdrs.METH_GET:
                 if websocket and is_websocket(request):
                     return await serve_websocket(
