@@ -97,6 +97,7 @@ async def test_more_subscriptions_and_unwatch() -> None:
         await socket.send_json({"op": "watch", "id": "eu", "labelSelector": "region=eu"})
         await socket.send_json({"op": "watch", "id": "u", "resource": "users"})
         await anyio.wait_all_tasks_blocked()
+        assert app.hub.statistics().active_watches == 3  # subscriptions, not sockets
         app.orders.create(order("a", "us"))
         app.orders.create(order("b", "eu"))
         app.users.create(order("x"))
@@ -113,6 +114,7 @@ async def test_more_subscriptions_and_unwatch() -> None:
         (only,) = await socket.take(1)
         assert only["id"] == ""
         assert len(app.hub.state.registry) == 2
+        assert app.hub.statistics().active_watches == 2
 
 
 async def test_object_route_and_key() -> None:

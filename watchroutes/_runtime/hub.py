@@ -87,12 +87,21 @@ Snapshot = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
 class _Tracked(Protocol):
     """An open watch stream or WebSocket, as shutdown sees it."""
 
+    @property
+    def watches(self) -> int:
+        """The watches it serves: 1 for a stream, a WebSocket's open subscriptions."""
+        ...
+
     def on_shutdown(self) -> None: ...
 
     def cancel(self) -> None: ...
 
 
 class HubStatistics(NamedTuple):
+    """What :meth:`Hub.statistics` reports. ``active_watches`` counts the open HTTP watch
+    streams and WebSocket subscriptions (as the ``watchroutes_active_watches`` gauge does);
+    a long poll waiting for its answer is not counted."""
+
     head: int
     resources: int
     active_watches: int
@@ -615,7 +624,7 @@ class Hub:
             return HubStatistics(
                 head=state.head,
                 resources=len(state.logs),
-                active_watches=len(self._streams),
+                active_watches=sum(tracked.watches for tracked in self._streams),
                 events_published=state.published,
                 cached_objects=sum(len(log.state) for log in state.logs.values()),
                 evicted_young=sum(log.evicted_young for log in state.logs.values()),

@@ -80,6 +80,10 @@ class WatchStream:
         self._finished = False
         hub._track(self)
 
+    @property
+    def watches(self) -> int:
+        return 1
+
     def cancel(self) -> None:
         """Stop the pump at once (shutdown grace exceeded)."""
         self._cancelled = True

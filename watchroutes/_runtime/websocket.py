@@ -199,6 +199,10 @@ class _Connection:
 
     # -- the hub's view -------------------------------------------------------------------
 
+    @property
+    def watches(self) -> int:
+        return len(self.sessions)
+
     def wake(self) -> None:
         self.alarm.set()
 
