@@ -15,7 +15,8 @@ of ``--rounds``; the ratio columns divide by sse-starlette's figure (issue targe
 on uvicorn at most a third) and by plain aiohttp's (target: watchroutes' aiohttp adapter at
 most 1.2 times).
 ``--transport jsonlines`` opens Kubernetes JSON-lines watches (``?watch=true``, which only the
-watchroutes servers answer) instead of SSE ones.
+watchroutes servers answer) instead of SSE ones, ``--transport websocket`` WebSocket watches
+(one subscription per socket; uvicorn's default WebSocket protocol for the Starlette app).
 """
 
 from __future__ import annotations
@@ -37,27 +38,35 @@ def rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
-#: How each transport's watch is asked for: (request target, Accept).
+#: How each transport's watch is asked for: (request target, Accept, more header lines).
 TRANSPORTS = {
-    "sse": ("/orders", "text/event-stream"),
+    "sse": ("/orders", "text/event-stream", ""),
     # the initial-events bookmark gives each watch its first bytes at once
     "jsonlines": (
         "/orders?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
         "&allowWatchBookmarks=true",
         "application/json",
+        "",
+    ),
+    # one subscription per socket (the URL's), its initial-events bookmark sent at once
+    "websocket": (
+        "/orders?allowWatchBookmarks=true",
+        "*/*",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: watchroutes.v1\r\n",
     ),
 }
 
 
 async def measure(kind: str, watchers: int, transport: str = "sse") -> float:
-    target, accept = TRANSPORTS[transport]
+    target, accept, headers = TRANSPORTS[transport]
     async with ServerProcess(kind, cpu=0) as server:
         assert server.proc is not None
-        warm = await open_watchers(server, 1, 0, target, accept)
+        warm = await open_watchers(server, 1, 0, target, accept, headers)
         close_all(warm)
         await asyncio.sleep(0.5)
         before = rss_kib(server.proc.pid)
-        opened = await open_watchers(server, watchers, 0, target, accept)
+        opened = await open_watchers(server, watchers, 0, target, accept, headers)
         await asyncio.sleep(1.0)  # let the server settle (buffers, tasks started)
         after = rss_kib(server.proc.pid)
         close_all(opened)

@@ -149,7 +149,8 @@ class Watcher(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.status_ok is None:
-            self.status_ok = data.startswith(b"HTTP/1.1 200 ")
+            # (101: a WebSocket handshake, for the idle-memory benchmark)
+            self.status_ok = data.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 101 "))
             if not self.first_bytes.done():
                 self.first_bytes.set_result(self.status_ok)
         count = data.count(DATA)
@@ -331,14 +332,17 @@ async def open_watchers(
     sample: int,
     target: str = "/orders",
     accept: str = "text/event-stream",
+    headers: str = "",
 ) -> list[Watcher]:
     """Open ``count`` watchers (SSE unless ``target`` and ``accept`` ask otherwise); ``sample``
     of them, spread evenly over the connection order (a server that serves watchers in the
     order they came must not look faster because only the first ones are timed), check ids and
-    time events."""
+    time events. ``headers`` are more request header lines, each ending in CRLF (a WebSocket
+    handshake's)."""
     loop = asyncio.get_running_loop()
     request = (
-        f"GET {target} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nAccept: {accept}\r\n\r\n"
+        f"GET {target} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nAccept: {accept}\r\n"
+        f"{headers}\r\n"
     ).encode()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     every = count / sample if sample else 0.0

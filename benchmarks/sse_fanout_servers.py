@@ -245,14 +245,15 @@ class _Watchroutes:
 
 def run_watchroutes(host: str, port: int, http: Literal["h11", "httptools"] = "h11") -> None:
     from starlette.applications import Starlette
-    from starlette.routing import Route
+    from starlette.routing import Route, WebSocketRoute
 
-    from watchroutes.adapters.starlette import watch_endpoint
+    from watchroutes.adapters.starlette import watch_endpoint, websocket_endpoint
 
     wr = _Watchroutes()
     app = Starlette(
         routes=[
             Route("/orders", watch_endpoint(wr.orders)),
+            WebSocketRoute("/orders", websocket_endpoint(wr.orders)),  # idle_memory.py
             *_control_routes(wr.publisher, wr.stats, wr.on_start),
         ]
     )
@@ -268,7 +269,7 @@ def run_watchroutes_aiohttp(host: str, port: int) -> None:
     wr = _Watchroutes()
     app = web.Application()
     setup(app, wr.hub)
-    app.router.add_get("/orders", watch_handler(wr.orders, websocket=False))
+    app.router.add_get("/orders", watch_handler(wr.orders))  # also WebSockets (idle_memory.py)
     _serve_aiohttp(app, host, port, wr.publisher, wr.stats, wr.on_start)
 
 

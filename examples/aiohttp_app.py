@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from watchroutes import (
+    BadRequest,
     ClientError,
     MethodNotAllowed,
     NotFound,
@@ -69,6 +70,8 @@ def create_app(settings: Settings) -> web.Application:
                 error = MethodNotAllowed(f"{request.method} is not allowed here")
             elif exc.status == 404:
                 error = NotFound(f"no route for {request.path[:200]}")
+            elif exc.status == 400:  # aiohttp says why (a malformed body, a bad header)
+                error = BadRequest((exc.text or exc.reason)[:200])
             elif exc.status == 413:
                 error = RequestEntityTooLarge(f"the body is larger than {MAX_BODY} bytes")
             else:

@@ -190,6 +190,28 @@ async def test_the_same_route_upgrades_to_a_websocket_unless_told_not_to() -> No
                 pass
 
 
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({"Sec-WebSocket-Version": "99"}, "Unsupported version: 99"),
+        ({"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"}, "Handshake error"),
+    ],
+)
+async def test_a_malformed_handshake_gets_a_400_status(headers: dict[str, str], says: str) -> None:
+    hub, orders = make_hub()
+    app = web.Application()
+    setup(app, hub)
+    app.router.add_get("/orders", watch_handler(orders))
+    async with serving(app) as (_, client):
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", **headers}
+        async with client.get("/orders", headers=upgrade) as response:
+            assert response.status == 400
+            body = await response.json()
+            assert body["reason"] == "BadRequest"
+            assert says in body["message"]
+    assert hub.statistics().active_watches == 0
+
+
 @pytest.mark.parametrize("size", [64 * 1024 + 1, 1024 * 1024])
 async def test_an_oversized_websocket_message_closes_with_1009(size: int) -> None:
     hub, orders = make_hub()

@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
     ) from exc
 
-from .._core.errors import ClientError
+from .._core.errors import BadRequest, ClientError
 from .._core.params import Mode
 from .._runtime.hub import Hub, RequestInfo, Resource
 from .._runtime.reply import Reply, error_reply
@@ -222,6 +222,11 @@ def websocket_request(request: web.Request, key: str | None = None) -> WebSocket
     )
 
 
+class _HandshakeRefused(Exception):
+    def __init__(self, error: web.HTTPException) -> None:
+        self.error = error
+
+
 class _Socket:
     """An aiohttp ``WebSocketResponse`` as the runtime's socket."""
 
@@ -243,7 +248,10 @@ class _Socket:
             max_msg_size=self.max_bytes + 1,
             timeout=CLOSE_TIMEOUT,
         )
-        await ws.prepare(self.request)
+        try:
+            await ws.prepare(self.request)
+        except web.HTTPException as exc:  # a malformed handshake: aiohttp says what is wrong
+            raise _HandshakeRefused(exc) from None
         self.ws = ws
 
     async def receive(self) -> str | bytes | None:
@@ -301,11 +309,14 @@ async def serve_websocket(
             return authorize(request, token)
 
     socket = _Socket(request, limits.max_message_bytes)
-    await resource.hub.serve_websocket(
-        resource.name, websocket_request(request, key), socket, authorize=check, limits=limits
-    )
-    if socket.ws is None:  # pragma: no cover - the runtime always accepts first
-        raise web.HTTPInternalServerError
+    try:
+        await resource.hub.serve_websocket(
+            resource.name, websocket_request(request, key), socket, authorize=check, limits=limits
+        )
+    except _HandshakeRefused as refused:  # aiohttp refuses a handshake with 400 and a reason
+        text = refused.error.text or "invalid WebSocket handshake"
+        return error_response(BadRequest(f"invalid WebSocket handshake: {text[:200]}"))
+    assert socket.ws is not None  # the runtime accepts first
     return socket.ws
 
 
