@@ -5,8 +5,9 @@ Run it from the repository root::
     .venv/bin/python benchmarks/resume.py                 # the table in docs/benchmarks.md
     .venv/bin/python benchmarks/resume.py --events 2000 --rounds 1
 
-A watchroutes server (``sse_fanout_servers.py watchroutes``: Starlette on uvicorn, the
-library's defaults, so a log of 10,000 events per resource) is pinned to CPU 0; this process,
+A watchroutes server (``sse_fanout_servers.py watchroutes``: Starlette on uvicorn, and
+``watchroutes-aiohttp``: the aiohttp adapter; the library's defaults, so a log of 10,000
+events per resource; ``--servers`` to choose) is pinned to CPU 0; this process,
 the client, to CPU 1. The client lists ``/orders`` for its resourceVersion, has the server
 publish ``--events`` changes (about 330 bytes each on the wire) with nobody watching, and then
 resumes from that resourceVersion, timing the request until it holds every event:
@@ -39,6 +40,8 @@ from sse_fanout import BenchmarkError, ServerProcess
 from sse_fanout_servers import pin_to_cpu
 
 TRANSPORTS: Final = ("sse", "jsonlines", "longpoll")
+#: watchroutes through each adapter: Starlette on uvicorn, and aiohttp.
+SERVERS: Final = ("watchroutes", "watchroutes-aiohttp")
 EVENT: Final = re.compile(rb'\{"type":"MODIFIED","object":.*?"resourceVersion":"(\d+)"')
 MARK: Final = b'{"type":"MODIFIED"'
 TIMEOUT: Final = 60.0
@@ -92,9 +95,9 @@ async def catch_up(server: ServerProcess, transport: str, rv: int, events: int) 
     return got
 
 
-async def run(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+async def run(args: argparse.Namespace, kind: str) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {t: [] for t in args.transports}
-    async with ServerProcess("watchroutes", cpu=0) as server:
+    async with ServerProcess(kind, cpu=0) as server:
         listed = await server.control("GET", "/orders")
         start_rv = int(listed["metadata"]["resourceVersion"])
         await server.control("POST", f"/_bench/start?rate=1000000&seconds=60&count={args.events}")
@@ -114,7 +117,8 @@ async def run(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
                 results[transport].append(
                     {"seconds": elapsed, "events_per_s": args.events / elapsed, "cpu_s": cpu}
                 )
-                print(f"{transport}: {args.events / elapsed:,.0f} events/s", file=sys.stderr)
+                rate = args.events / elapsed
+                print(f"{kind} {transport}: {rate:,.0f} events/s", file=sys.stderr)
     return results
 
 
@@ -136,23 +140,34 @@ def main() -> None:
         "--passes", type=int, default=10, help="catch-ups per round (CPU time is in 10 ms ticks)"
     )
     parser.add_argument("--transports", type=lambda s: s.split(","), default=list(TRANSPORTS))
+    parser.add_argument(
+        "--servers",
+        type=lambda s: s.split(","),
+        default=list(SERVERS),
+        help=f"default: {','.join(SERVERS)}",
+    )
     parser.add_argument("--quick", action="store_true", help="one round of three passes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.passes = 1, 3
     pin_to_cpu(1)
-    results = asyncio.run(run(args))
+    results = {kind: asyncio.run(run(args, kind)) for kind in args.servers}
     print(f"\nresume {args.events:,} events behind, medians of {args.rounds}\n")
-    print("| transport | catch-up ms | events/s | server CPU µs/event |")
-    print("|---|---:|---:|---:|")
+    print("| server | transport | catch-up ms | events/s | server CPU µs/event |")
+    print("|---|---|---:|---:|---:|")
     summary: dict[str, Any] = {}
-    for transport, runs in results.items():
-        seconds = statistics.median(r["seconds"] for r in runs)
-        rate = statistics.median(r["events_per_s"] for r in runs)
-        cpu = statistics.median(r["cpu_s"] for r in runs) / args.events * 1e6
-        summary[transport] = {"seconds": seconds, "events_per_s": rate, "cpu_us_per_event": cpu}
-        print(f"| {transport} | {seconds * 1e3:,.0f} | {rate:,.0f} | {cpu:.1f} |")
+    for kind, by_transport in results.items():
+        for transport, runs in by_transport.items():
+            seconds = statistics.median(r["seconds"] for r in runs)
+            rate = statistics.median(r["events_per_s"] for r in runs)
+            cpu = statistics.median(r["cpu_s"] for r in runs) / args.events * 1e6
+            summary[f"{kind}/{transport}"] = {
+                "seconds": seconds,
+                "events_per_s": rate,
+                "cpu_us_per_event": cpu,
+            }
+            print(f"| {kind} | {transport} | {seconds * 1e3:,.0f} | {rate:,.0f} | {cpu:.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"events": args.events, "runs": results, **summary}))
 

@@ -63,7 +63,7 @@ SERVER_SCRIPT: Final = HERE / "sse_fanout_servers.py"
 DEFAULT_PACED: Final = ("100:100", "1000:10", "5000:2")
 DEFAULT_BURSTS: Final = "100,1000,5000"
 #: --quick: one run of each case at 1,000 watchers, for the servers a change is judged by.
-QUICK_SERVERS: Final = "watchroutes,raw,sse-starlette"
+QUICK_SERVERS: Final = "watchroutes,watchroutes-aiohttp,raw,sse-starlette,aiohttp"
 
 DATA: Final = b"data: "
 TAIL: Final = len(DATA) - 1
