@@ -242,6 +242,18 @@ async def test_a_closed_watch_is_released_at_the_next_heartbeat() -> None:
             await wait_for(lambda: hub.statistics().active_watches == 0, within=2.0)
 
 
+async def test_a_websocket_peer_that_stops_answering_pings_is_released() -> None:
+    hub, orders = make_hub(heartbeat=0.2)
+    app = web.Application()
+    setup(app, hub)
+    app.router.add_get("/orders", watch_handler(orders))
+    async with serving(app) as (_, client), client.ws_connect("/orders", autoping=False) as ws:
+        assert json.loads(await ws.receive_str())["type"] == "ADDED"
+        assert hub.statistics().active_watches == 1
+        assert (await ws.receive(timeout=2)).type is aiohttp.WSMsgType.PING
+        await wait_for(lambda: hub.statistics().active_watches == 0, within=2.0)
+
+
 async def test_with_handler_cancellation_a_closed_watch_is_released_at_once() -> None:
     hub, orders = make_hub(heartbeat=30)
     app = web.Application()

@@ -230,23 +230,26 @@ class _HandshakeRefused(Exception):
 class _Socket:
     """An aiohttp ``WebSocketResponse`` as the runtime's socket."""
 
-    __slots__ = ("gone", "max_bytes", "request", "ws")
+    __slots__ = ("gone", "max_bytes", "ping", "request", "ws")
 
-    def __init__(self, request: web.Request, max_bytes: int) -> None:
+    def __init__(self, request: web.Request, max_bytes: int, ping: float) -> None:
         self.request = request
         self.max_bytes = max_bytes
+        self.ping = ping
         self.ws: web.WebSocketResponse | None = None
         self.gone = False
 
     async def accept(self, subprotocol: str | None) -> None:
-        # Ping/pong is the server's (``heartbeat``) or the runtime's own heartbeat messages.
-        # One byte past the runtime's limit: a message just over it reaches the runtime, which
-        # closes with 1009 and says the limit; aiohttp closes anything bigger with 1009 too,
-        # without buffering it.
+        # Liveness: aiohttp pings every heartbeat interval and closes a peer that does not
+        # answer within half of it (a half-open peer is released). Messages: one byte past
+        # the runtime's limit, so a message just over it reaches the runtime, which closes
+        # with 1009 and says the limit; aiohttp closes anything bigger with 1009 too, without
+        # buffering it.
         ws = web.WebSocketResponse(
             protocols=() if subprotocol is None else (subprotocol,),
             max_msg_size=self.max_bytes + 1,
             timeout=CLOSE_TIMEOUT,
+            heartbeat=self.ping,
         )
         try:
             await ws.prepare(self.request)
@@ -308,7 +311,7 @@ async def serve_websocket(
         def check(token: str | None) -> Awaitable[None] | None:
             return authorize(request, token)
 
-    socket = _Socket(request, limits.max_message_bytes)
+    socket = _Socket(request, limits.max_message_bytes, resource.hub.heartbeat)
     try:
         await resource.hub.serve_websocket(
             resource.name, websocket_request(request, key), socket, authorize=check, limits=limits
