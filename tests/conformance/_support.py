@@ -62,6 +62,7 @@ FRAMEWORKS: Final = (
     "starlette-memory",
     "fastapi-memory",
     "starlette-redis",
+    "aiohttp-redis",
     "starlette-postgres",
     "starlette-nats",
 )

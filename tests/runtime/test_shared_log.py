@@ -118,6 +118,20 @@ async def test_resource_version_0_sees_this_nodes_own_writes_without_asking_the_
         assert (await b.client.get("/orders")).json()["items"] == [stored]
 
 
+async def test_shutdown_ends_streams_after_applying_this_nodes_own_writes() -> None:
+    """A write acknowledged just before the exit signal is in the final bookmark (or the
+    last event), even when this node's follower has not applied it yet."""
+    async with nodes(SlowFollower(), 1) as (a,):
+        target = "/orders?watch=true&allowWatchBookmarks=true&labelSelector=region%3Dus"
+        async with a.client.stream("GET", target) as stream:
+            assert (await stream.next_line())["type"] == "BOOKMARK"
+            stored = await a.orders.acreate(order("o-1"))  # filtered out: only moves the head
+            await a.hub.aclose()
+            rest = [line async for line in stream.json_lines()]
+        assert rest[-1]["type"] == "BOOKMARK"
+        assert rest[-1]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+
+
 async def test_async_reads_on_an_in_memory_hub_read_its_state() -> None:
     hub = Hub()
     orders = hub.resource("orders", kind="Order")

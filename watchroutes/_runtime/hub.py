@@ -80,6 +80,9 @@ DEFAULT_MAX_WATCH_SECONDS: Final = 1800.0
 DEFAULT_WRITE_TIMEOUT: Final = 10.0
 #: How long shutdown waits for streams to end before cancelling them.
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+#: On a shared log, how long shutdown waits for this node to apply the writes it
+#: acknowledged before it ends the streams with their final bookmarks.
+SHUTDOWN_APPLY_WAIT: Final = 1.0
 
 Snapshot = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
 
@@ -778,8 +781,17 @@ class Hub:
         self._end_watches(CloseReason.SHUTDOWN)
 
     async def aclose(self) -> None:
-        """Shut down: end every stream, wait up to ``shutdown_grace``, cancel what remains."""
+        """Shut down: end every stream, wait up to ``shutdown_grace``, cancel what remains.
+
+        On a shared log the streams end once this node has applied the writes it
+        acknowledged (at most :data:`SHUTDOWN_APPLY_WAIT`), so each final bookmark is at
+        least at the newest version this node gave a client.
+        """
         self.bind()
+        replica = self._replica
+        if replica is not None and replica.available and not self.state.closing:
+            with anyio.move_on_after(SHUTDOWN_APPLY_WAIT):
+                await replica.own_writes()
         self.begin_shutdown()
         if self._streams:
             self._streams_idle = anyio.Event()
