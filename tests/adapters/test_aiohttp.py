@@ -42,6 +42,14 @@ def make_hub(**kwargs: object) -> tuple[Hub, Resource]:
     return hub, orders
 
 
+def orders_app(hub: Hub, orders: Resource) -> web.Application:
+    """An application serving ``GET /orders`` with ``watch_handler(orders)``."""
+    app = web.Application()
+    setup(app, hub)
+    app.router.add_get("/orders", watch_handler(orders))
+    return app
+
+
 @asynccontextmanager
 async def serving(
     app: web.Application, **kwargs: Any
@@ -129,9 +137,7 @@ async def test_a_class_based_view() -> None:
 
 async def test_bad_watch_parameters_get_a_status_body() -> None:
     hub, orders = make_hub()
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     async with serving(app) as (_, client):
         async with client.get("/orders", params={"watch": "1", "labelSelector": "a in ("}) as r:
             assert r.status == 400
@@ -172,9 +178,7 @@ async def test_the_same_route_upgrades_to_a_websocket_unless_told_not_to() -> No
     async def plain(request: web.Request) -> web.StreamResponse:
         return web.json_response({"upgrade": is_websocket(request)})
 
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     app.router.add_get("/plain", plain)
     async with serving(app) as (_, client):
         async with client.ws_connect("/orders", protocols=("watchroutes.v1",)) as ws:
@@ -199,9 +203,7 @@ async def test_the_same_route_upgrades_to_a_websocket_unless_told_not_to() -> No
 )
 async def test_a_malformed_handshake_gets_a_400_status(headers: dict[str, str], says: str) -> None:
     hub, orders = make_hub()
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     async with serving(app) as (_, client):
         upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", **headers}
         async with client.get("/orders", headers=upgrade) as response:
@@ -215,9 +217,7 @@ async def test_a_malformed_handshake_gets_a_400_status(headers: dict[str, str], 
 @pytest.mark.parametrize("size", [64 * 1024 + 1, 1024 * 1024])
 async def test_an_oversized_websocket_message_closes_with_1009(size: int) -> None:
     hub, orders = make_hub()
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     async with serving(app) as (_, client):
         async with client.ws_connect("/orders", max_msg_size=0) as ws:
             await ws.send_str("x" * size)
@@ -230,9 +230,7 @@ async def test_an_oversized_websocket_message_closes_with_1009(size: int) -> Non
 
 async def test_a_closed_watch_is_released_at_the_next_heartbeat() -> None:
     hub, orders = make_hub(heartbeat=0.2)
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     async with serving(app) as (_, client):
         for accept in ("text/event-stream", "application/json"):
             headers = {"Accept": accept}
@@ -244,9 +242,7 @@ async def test_a_closed_watch_is_released_at_the_next_heartbeat() -> None:
 
 async def test_a_websocket_peer_that_stops_answering_pings_is_released() -> None:
     hub, orders = make_hub(heartbeat=0.2)
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     async with serving(app) as (_, client), client.ws_connect("/orders", autoping=False) as ws:
         assert json.loads(await ws.receive_str())["type"] == "ADDED"
         assert hub.statistics().active_watches == 1
@@ -256,9 +252,7 @@ async def test_a_websocket_peer_that_stops_answering_pings_is_released() -> None
 
 async def test_with_handler_cancellation_a_closed_watch_is_released_at_once() -> None:
     hub, orders = make_hub(heartbeat=30)
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     async with serving(app, handler_cancellation=True) as (_, client):
         async with client.get("/orders", params={"watch": "1"}) as r:
             await r.content.readline()
@@ -268,9 +262,7 @@ async def test_with_handler_cancellation_a_closed_watch_is_released_at_once() ->
 
 async def test_shutdown_ends_streams_at_the_newest_rv() -> None:
     hub, orders = make_hub(heartbeat=30)
-    app = web.Application()
-    setup(app, hub)
-    app.router.add_get("/orders", watch_handler(orders))
+    app = orders_app(hub, orders)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession(str(server.make_url(""))) as client:

@@ -232,6 +232,10 @@ def _raw_status(response: httpx.Response, code: int, reason: str) -> None:
         ),
         ("POST", "/orders/o-1", {}, {}, b"{}", 405, "MethodNotAllowed"),
         ("DELETE", "/orders", {}, {}, None, 405, "MethodNotAllowed"),
+        # bodies over the example's 1 MiB limit: just over it, and far over it (which aiohttp
+        # refuses before the app reads it)
+        ("POST", "/orders", {}, {}, b" " * (1024 * 1024 + 1), 413, "RequestEntityTooLarge"),
+        ("PUT", "/orders/o-1", {}, {}, b" " * (4 * 1024 * 1024), 413, "RequestEntityTooLarge"),
     ],
 )
 def test_status_body_exact_key_order(
