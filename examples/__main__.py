@@ -69,6 +69,9 @@ def main(argv: list[str]) -> None:
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=8,
+        # request lines and headers up to 64 KiB reach the app under h11 too (httptools, the
+        # default when installed, has no such limit)
+        h11_max_incomplete_event_size=128 * 1024,
     )
     hub = app.state.hub
 

@@ -21,6 +21,8 @@ from watchroutes.adapters.aiohttp import (
     error_response,
     is_websocket,
     list_response,
+    read_json,
+    server_settings,
     setup,
     watchable,
 )
@@ -29,11 +31,12 @@ from .orders import (
     MAX_BODY,
     PAGE,
     Settings,
+    check_patch_type,
     check_socket_token,
     check_token,
-    decode_body,
     make_hub,
     metrics_text,
+    object_body,
     start,
 )
 
@@ -67,8 +70,12 @@ def create_app(settings: Settings) -> web.Application:
         except web.HTTPException as exc:
             error: ClientError
             if exc.status == 405:
-                error = MethodNotAllowed(f"{request.method} is not allowed here")
-            elif exc.status == 404:
+                response = error_response(
+                    MethodNotAllowed(f"{request.method[:20]} is not allowed here")
+                )
+                response.headers["Allow"] = exc.headers.get("Allow", "")
+                return response
+            if exc.status == 404:
                 error = NotFound(f"no route for {request.path[:200]}")
             elif exc.status == 400:  # aiohttp says why (a malformed body, a bad header)
                 error = BadRequest((exc.text or exc.reason)[:200])
@@ -90,16 +97,16 @@ def create_app(settings: Settings) -> web.Application:
         return await list_response(orders, request, key="name")
 
     async def create_order(request: web.Request) -> web.StreamResponse:
-        body = decode_body(await request.read(), request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return json_response(await orders.acreate(body), 201)
 
     async def replace_order(request: web.Request) -> web.StreamResponse:
-        body = decode_body(await request.read(), request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return json_response(await orders.areplace(body, key=request.match_info["name"]))
 
     async def patch_order(request: web.Request) -> web.StreamResponse:
-        ctype = request.headers.get("content-type")
-        body = decode_body(await request.read(), ctype, patch=True)
+        check_patch_type(request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return json_response(await orders.apatch(request.match_info["name"], body))
 
     async def delete_order(request: web.Request) -> web.StreamResponse:
@@ -117,15 +124,16 @@ def create_app(settings: Settings) -> web.Application:
     async def seed(app: web.Application) -> None:
         await start(hub, settings)  # the hub follows its log by now
 
-    # a body one byte over the limit reaches decode_body, which says what the limit is
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY + 1)
+    # (bodies are read by read_json, which stops reading past MAX_BODY)
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     setup(app, hub)
     app.on_startup.append(seed)
-    app.router.add_get("/", page, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/orders", list_orders, allow_head=False)
+    # GET routes take HEAD too: the same answer without its body (no watch)
+    app.router.add_get("/", page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/orders", list_orders)
     app.router.add_post("/orders", create_order)
-    app.router.add_get("/orders/{name}", get_order, allow_head=False)
+    app.router.add_get("/orders/{name}", get_order)
     app.router.add_put("/orders/{name}", replace_order)
     app.router.add_patch("/orders/{name}", patch_order)
     app.router.add_delete("/orders/{name}", delete_order)
@@ -136,7 +144,9 @@ def create_app(settings: Settings) -> web.Application:
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=8)
+    # server_settings(): request lines and headers up to 64 KiB reach the app, and a client's
+    # malformed request is a one-line warning in the log, not an ERROR with a traceback
+    runner = web.AppRunner(app, **server_settings(access_log=None, shutdown_timeout=8))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -6,25 +6,31 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
-from watchroutes import BadRequest, ClientError, MethodNotAllowed, NotFound
+from watchroutes import ClientError, MethodNotAllowed, NotFound
 from watchroutes.adapters.starlette import (
     error_response,
     list_response,
+    read_json,
+    request_validation_error,
     watchable,
     websocket_endpoint,
 )
 
 from .orders import (
+    MAX_BODY,
     PAGE,
     Settings,
+    check_patch_type,
     check_socket_token,
     check_token,
-    decode_body,
     make_hub,
     metrics_text,
+    object_body,
 )
 
 
@@ -63,47 +69,57 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+            response = error_response(
+                MethodNotAllowed(f"{request.method[:20]} is not allowed here")
+            )
+            # (FastAPI's 405 lists the methods of one route; the path has several)
+            allowed = {
+                method
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods or ()
+            }
+            response.headers["allow"] = ", ".join(sorted(allowed))
+            return response
         if exc.status_code == 404:
             return error_response(NotFound(f"no route for {request.url.path[:200]}"))
         return JSONResponse({"message": exc.detail}, status_code=exc.status_code)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(BadRequest("the request is malformed"))
+    # a request FastAPI cannot validate is a 400 Status too, not FastAPI's 422 {"detail": ...}
+    app.add_exception_handler(RequestValidationError, request_validation_error)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
         return Response(PAGE, media_type="text/html; charset=utf-8")
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
     async def metrics() -> Response:
         return Response(metrics_text(hub), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/orders")
+    # (HEAD is a plain GET without its body: ``watchable`` watches on GET only)
+    @app.api_route("/orders", methods=["GET", "HEAD"])
     @watchable(orders)
     async def list_orders(request: Request) -> Response:
         return list_response(orders, request)
 
     @app.post("/orders", status_code=201)
     async def create_order(request: Request) -> Any:
-        body = decode_body(await request.body(), request.headers.get("content-type"))
-        return await orders.acreate(body)
+        return await orders.acreate(object_body(await read_json(request, limit=MAX_BODY)))
 
-    @app.get("/orders/{name}")
+    @app.api_route("/orders/{name}", methods=["GET", "HEAD"])
     @watchable(orders, key="name")
     async def get_order(name: str, request: Request) -> Response:
         return list_response(orders, request, key="name")
 
     @app.put("/orders/{name}")
     async def replace_order(name: str, request: Request) -> Any:
-        body = decode_body(await request.body(), request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return await orders.areplace(body, key=name)
 
     @app.patch("/orders/{name}")
     async def patch_order(name: str, request: Request) -> Any:
-        body = decode_body(await request.body(), request.headers.get("content-type"), patch=True)
-        return await orders.apatch(name, body)
+        check_patch_type(request.headers.get("content-type"))
+        return await orders.apatch(name, object_body(await read_json(request, limit=MAX_BODY)))
 
     @app.delete("/orders/{name}")
     async def delete_order(name: str) -> Any:

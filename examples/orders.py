@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from watchroutes import (
     BadRequest,
     Hub,
-    RequestEntityTooLarge,
     Resource,
     Unauthorized,
     UnsupportedMediaType,
@@ -20,6 +17,7 @@ from watchroutes import (
 from watchroutes.prometheus import PrometheusMetrics
 
 PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
+#: The largest body a write reads (the adapters' ``read_body`` stops reading past it).
 MAX_BODY = 1024 * 1024
 PATCH_TYPES = ("application/merge-patch+json", "application/json")
 
@@ -93,18 +91,18 @@ def check_socket_token(settings: Settings, websocket: object, token: str | None)
     check_token(settings, None, token)
 
 
-def decode_body(body: bytes, content_type: str | None, *, patch: bool = False) -> dict[str, Any]:
-    if len(body) > MAX_BODY:
-        raise RequestEntityTooLarge(f"the body is {len(body)} bytes; the limit is {MAX_BODY}")
+def check_patch_type(content_type: str | None) -> None:
+    """A PATCH is a JSON merge patch (415 otherwise); checked before its body is read."""
     media = (content_type or "").split(";")[0].strip().lower()
-    if patch and media not in PATCH_TYPES:
+    if media not in PATCH_TYPES:
         raise UnsupportedMediaType(
             f"PATCH takes {' or '.join(PATCH_TYPES)}, not {media[:60] or 'no content type'!r}"
         )
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise BadRequest("the body is not valid JSON") from None
+
+
+def object_body(value: Any) -> dict[str, Any]:
+    """A write's body, read with the adapter's ``read_json`` (which limits its size and
+    answers 400 for anything but JSON): it must be a JSON object."""
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
     return value

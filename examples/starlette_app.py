@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,21 +14,31 @@ from watchroutes import ClientError, MethodNotAllowed, NotFound
 from watchroutes.adapters.starlette import (
     error_response,
     list_response,
+    read_json,
     watchable,
     websocket_endpoint,
 )
 
 from .orders import (
+    MAX_BODY,
     PAGE,
     Settings,
+    check_patch_type,
     check_socket_token,
     check_token,
-    decode_body,
     make_hub,
     metrics_text,
+    object_body,
 )
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def not_allowed(request: Request, methods: Iterable[str]) -> Response:
+    """405 ``MethodNotAllowed``, with ``Allow``."""
+    response = error_response(MethodNotAllowed(f"{request.method[:20]} is not allowed here"))
+    response.headers["allow"] = ", ".join(methods)
+    return response
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -57,16 +67,16 @@ def create_app(settings: Settings) -> Starlette:
         return list_response(orders, request, key="name")
 
     async def create_order(request: Request) -> Response:
-        body = decode_body(await request.body(), request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return JSONResponse(await orders.acreate(body), status_code=201)
 
     async def replace_order(request: Request) -> Response:
-        body = decode_body(await request.body(), request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return JSONResponse(await orders.areplace(body, key=request.path_params["name"]))
 
     async def patch_order(request: Request) -> Response:
-        ctype = request.headers.get("content-type")
-        body = decode_body(await request.body(), ctype, patch=True)
+        check_patch_type(request.headers.get("content-type"))
+        body = object_body(await read_json(request, limit=MAX_BODY))
         return JSONResponse(await orders.apatch(request.path_params["name"], body))
 
     async def delete_order(request: Request) -> Response:
@@ -75,15 +85,20 @@ def create_app(settings: Settings) -> Starlette:
     async def collection(request: Request) -> Response:
         if request.method == "POST":
             return await create_order(request)
-        return await list_orders(request)
+        return await list_orders(request)  # GET, and HEAD (the same answer without its body)
+
+    item_methods: dict[str, Endpoint] = {
+        "GET": get_order,
+        "HEAD": get_order,
+        "PUT": replace_order,
+        "PATCH": patch_order,
+        "DELETE": delete_order,
+    }
 
     async def item(request: Request) -> Response:
-        handler = {
-            "GET": get_order,
-            "PUT": replace_order,
-            "PATCH": patch_order,
-            "DELETE": delete_order,
-        }[request.method]
+        handler = item_methods.get(request.method)
+        if handler is None:  # (the route lists these methods; Starlette answers the others)
+            return not_allowed(request, item_methods)
         return await handler(request)
 
     async def page(request: Request) -> Response:
@@ -95,7 +110,8 @@ def create_app(settings: Settings) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+            allow = (exc.headers or {}).get("Allow", "")
+            return not_allowed(request, allow.split(", ") if allow else ())
         if exc.status_code == 404:
             return error_response(NotFound(f"no route for {request.url.path[:200]}"))
         return JSONResponse({"message": exc.detail}, status_code=exc.status_code)

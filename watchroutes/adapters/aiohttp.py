@@ -40,11 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 try:
     from aiohttp import WSMsgType, hdrs, web
+    from aiohttp.http_exceptions import HttpProcessingError
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
@@ -53,19 +55,31 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from .._core.errors import BadRequest, ClientError
 from .._core.params import Mode
 from .._runtime.hub import Hub, RequestInfo, Resource
-from .._runtime.reply import Reply, error_reply
+from .._runtime.reply import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
+    BodyLimit,
+    Reply,
+    decode_json,
+    error_reply,
+)
 from .._runtime.stream import Disconnected
 from .._runtime.websocket import WebSocketLimits, WebSocketRequest
 
 __all__ = [
     "CLOSE_TIMEOUT",
+    "MAX_FIELD_SIZE",
+    "MAX_LINE_SIZE",
     "WebSocketAuthorize",
     "error_response",
     "is_websocket",
     "list_response",
+    "read_body",
+    "read_json",
     "reply_response",
     "request_info",
     "serve_websocket",
+    "server_settings",
     "setup",
     "watch_handler",
     "watchable",
@@ -75,6 +89,12 @@ __all__ = [
 #: How long a closing WebSocket waits for the peer's close frame (aiohttp waits in the
 #: handler, and a shutdown waits for the handlers): a peer that does not answer is dropped.
 CLOSE_TIMEOUT: Final = 1.0
+
+#: The longest request line and header field the server reads (aiohttp's defaults: 8190
+#: bytes): DESIGN 5.5 lets request lines and headers up to 64 KiB reach the app, so that a
+#: long selector gets the library's 400 naming the parameter, not aiohttp's plain-text one.
+MAX_LINE_SIZE: Final = 64 * 1024
+MAX_FIELD_SIZE: Final = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
@@ -202,6 +222,70 @@ def error_response(exc: ClientError) -> web.Response:
     """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
     reply = error_reply(exc, Mode.LIST, retry_ms=0)
     return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+async def read_body(request: web.Request, *, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """The request's body, limited while it is read: a ``Content-Length`` over ``limit`` is
+    refused before reading (``RequestEntityTooLarge``, 413), a chunked body at the first chunk
+    past it. A body cut short (the client left) or malformed is a ``BadRequest``."""
+    counter = BodyLimit(limit, request.headers.get(hdrs.CONTENT_LENGTH))
+    try:
+        async for chunk in request.content.iter_any():
+            counter.feed(chunk)
+    except (OSError, HttpProcessingError):
+        raise BadRequest("the body ended early or is malformed") from None
+    return counter.body()
+
+
+async def read_json(
+    request: web.Request,
+    *,
+    limit: int = DEFAULT_MAX_BODY_BYTES,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> Any:
+    """The request's JSON body (:func:`read_body`); anything but JSON is a 400 Status, deep
+    nesting and invalid UTF-8 included."""
+    return decode_json(await read_body(request, limit=limit), max_depth=max_depth)
+
+
+class _ClientFaults(logging.Filter):
+    """A malformed request is the client's fault: aiohttp logs it with ``logger.exception``,
+    an ERROR with a traceback; this makes it a one-line WARNING (any other error stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | ConnectionResetError):
+            text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {' '.join(text.split())}"
+            record.msg = record.msg[:300]
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+#: The server's logger under :func:`server_settings` (a child of aiohttp's, so a level set on
+#: ``aiohttp.server`` applies to it).
+server_logger: Final = logging.getLogger("aiohttp.server.watchroutes")
+server_logger.addFilter(_ClientFaults())
+
+
+def server_settings(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``web.AppRunner(app, ...)`` or ``web.run_app(app, ...)``:
+
+    - ``max_line_size`` and ``max_field_size`` of 64 KiB (:data:`MAX_LINE_SIZE`,
+      :data:`MAX_FIELD_SIZE`), so a long query reaches the app;
+    - ``logger``: one that logs a client's malformed request as a one-line warning.
+
+    ``overrides`` replace or add settings.
+    """
+    return {
+        "max_line_size": MAX_LINE_SIZE,
+        "max_field_size": MAX_FIELD_SIZE,
+        "logger": server_logger,
+        **overrides,
+    }
 
 
 # -- WebSocket ------------------------------------------------------------------------------

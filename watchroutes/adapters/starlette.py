@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 try:
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
     from starlette.websockets import WebSocket
@@ -45,10 +45,17 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 import contextlib
 
-from .._core.errors import ClientError
+from .._core.errors import BadRequest, ClientError
 from .._core.params import Mode
 from .._runtime.hub import RequestInfo, Resource
-from .._runtime.reply import Reply, error_reply
+from .._runtime.reply import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
+    BodyLimit,
+    Reply,
+    decode_json,
+    error_reply,
+)
 from .._runtime.stream import Disconnected, serve
 from .._runtime.websocket import WebSocketLimits, WebSocketRequest
 
@@ -57,7 +64,10 @@ __all__ = [
     "WebSocketAuthorize",
     "error_response",
     "list_response",
+    "read_body",
+    "read_json",
     "request_info",
+    "request_validation_error",
     "watch_endpoint",
     "watchable",
     "websocket_endpoint",
@@ -177,9 +187,10 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
                 )
             if request is None:  # pragma: no cover - a misconfigured route
                 raise TypeError("watchable endpoint called without a Request")
-            reply = await resource.hub.answer_watch(resource.name, request_info(request, key))
-            if reply is not None:
-                return ReplyResponse(reply)
+            if request.method == "GET":  # (HEAD is a plain GET without the body)
+                reply = await resource.hub.answer_watch(resource.name, request_info(request, key))
+                if reply is not None:
+                    return ReplyResponse(reply)
             result = func(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
@@ -231,6 +242,47 @@ class _ListResponse(ReplyResponse):
 def error_response(exc: ClientError) -> Response:
     """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
     return ReplyResponse(error_reply(exc, Mode.LIST, retry_ms=0))
+
+
+async def read_body(request: Request, *, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """The request's body, limited while it is read: a ``Content-Length`` over ``limit`` is
+    refused before reading (``RequestEntityTooLarge``, 413), a chunked body at the first chunk
+    past it. A client that leaves mid-body is a ``BadRequest`` nobody will read, not a
+    server error."""
+    counter = BodyLimit(limit, request.headers.get("content-length"))
+    try:
+        async for chunk in request.stream():
+            counter.feed(chunk)
+    except ClientDisconnect:
+        raise BadRequest("the client disconnected before the end of the body") from None
+    return counter.body()
+
+
+async def read_json(
+    request: Request,
+    *,
+    limit: int = DEFAULT_MAX_BODY_BYTES,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> Any:
+    """The request's JSON body (:func:`read_body`); anything but JSON is a 400 Status, deep
+    nesting and invalid UTF-8 included."""
+    return decode_json(await read_body(request, limit=limit), max_depth=max_depth)
+
+
+async def request_validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's ``RequestValidationError`` as a 400 Status naming the first invalid field,
+    instead of FastAPI's own 422 ``{"detail": ...}``; the one line that installs it::
+
+        app.add_exception_handler(RequestValidationError, request_validation_error)
+
+    (The client's input is never echoed back, only where and what is wrong.)"""
+    errors = getattr(exc, "errors", None)
+    found = errors() if callable(errors) else []
+    first = found[0] if found and isinstance(found[0], dict) else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))[:200]
+    what = str(first.get("msg", "invalid"))[:200]
+    message = f"{where}: {what}" if where else f"the request is invalid: {what}"
+    return error_response(BadRequest(message))
 
 
 #: Checks a WebSocket's credentials before any subscription opens: called with the socket and
