@@ -51,7 +51,7 @@ async def test_a_new_log_starts_at_the_current_time(harness: Harness) -> None:
 async def test_versions_increase_and_never_run_behind_the_clock(harness: Harness) -> None:
     log = await opened(harness)
     _, start = await log.head()
-    rvs = [await log.append(write(f"o-{i}"), KEEP) for i in range(20)]
+    rvs = [(await log.append(write(f"o-{i}"), KEEP)).rv for i in range(20)]
     assert rvs == sorted(set(rvs))
     assert rvs[0] > start
     assert rvs[-1] >= time.time_ns() // 1000 - 5_000_000
@@ -60,17 +60,17 @@ async def test_versions_increase_and_never_run_behind_the_clock(harness: Harness
 
 async def test_expectations_are_checked_with_the_append(harness: Harness) -> None:
     log = await opened(harness)
-    rv1 = await log.append(write("a", expect=ABSENT), KEEP)
+    rv1 = (await log.append(write("a", expect=ABSENT), KEEP)).rv
     with pytest.raises(AlreadyExists):
         await log.append(write("a", expect=ABSENT), KEEP)
     with pytest.raises(NotFound):
         await log.append(write("b", "MODIFIED", expect=PRESENT), KEEP)
     with pytest.raises(Conflict, match=str(rv1)):
         await log.append(write("a", "MODIFIED", expect=rv1 - 1, qty=2), KEEP)
-    rv2 = await log.append(write("a", "MODIFIED", expect=rv1, qty=2), KEEP)
+    rv2 = (await log.append(write("a", "MODIFIED", expect=rv1, qty=2), KEEP)).rv
     with pytest.raises(NotFound):
         await log.append(write("zz", "DELETED", expect=PRESENT), KEEP)
-    rv3 = await log.append(write("a", "DELETED", expect=rv2), KEEP)
+    rv3 = (await log.append(write("a", "DELETED", expect=rv2), KEEP)).rv
     records = await log.read("orders", rv1 - 1)
     assert [(r.rv, r.type) for r in records] == [
         (rv1, "ADDED"),
@@ -83,9 +83,9 @@ async def test_expectations_are_checked_with_the_append(harness: Harness) -> Non
 
 async def test_each_record_keeps_the_previous_object(harness: Harness) -> None:
     log = await opened(harness)
-    rv1 = await log.append(write("a", qty=1), KEEP)
-    rv2 = await log.append(write("a", "MODIFIED", qty=2), KEEP)
-    rv3 = await log.append(write("a", "DELETED"), KEEP)  # no object: the current one
+    rv1 = (await log.append(write("a", qty=1), KEEP)).rv
+    rv2 = (await log.append(write("a", "MODIFIED", qty=2), KEEP)).rv
+    rv3 = (await log.append(write("a", "DELETED"), KEEP)).rv  # no object: the current one
     first, second, third = await log.read("orders", rv1 - 1)
     assert (first.prev, first.prev_rv) == (None, 0)
     assert (second.prev, second.prev_rv) == (obj("a", qty=1), rv1)
@@ -99,7 +99,7 @@ async def test_each_record_keeps_the_previous_object(harness: Harness) -> None:
 async def test_count_retention_moves_the_watermark(harness: Harness) -> None:
     log = await opened(harness)
     small = Retention(max_events=3, max_age=600.0)
-    rvs = [await log.append(write(f"o-{i}"), small) for i in range(7)]
+    rvs = [(await log.append(write(f"o-{i}"), small)).rv for i in range(7)]
     assert [r.rv for r in await log.read("orders", rvs[3])] == rvs[4:]  # r == watermark is fine
     with pytest.raises(Expired, match=str(rvs[3])):
         await log.read("orders", rvs[2])
@@ -112,9 +112,9 @@ async def test_count_retention_moves_the_watermark(harness: Harness) -> None:
 async def test_age_retention(harness: Harness) -> None:
     log = await opened(harness)
     short = Retention(max_events=1000, max_age=0.2)
-    old = await log.append(write("a"), short)
+    old = (await log.append(write("a"), short)).rv
     await anyio.sleep(0.4)
-    new = await log.append(write("b"), short)
+    new = (await log.append(write("b"), short)).rv
     assert [r.rv for r in await log.read("orders", old)] == [new]
     with pytest.raises(Expired):
         await log.read("orders", old - 1)
@@ -123,7 +123,8 @@ async def test_age_retention(harness: Harness) -> None:
 async def test_retention_is_per_resource(harness: Harness) -> None:
     log = await opened(harness)
     small = Retention(max_events=1, max_age=600.0)
-    kept = await log.append(Write(resource="things", key="t", type="ADDED", object=obj("t")), KEEP)
+    thing = Write(resource="things", key="t", type="ADDED", object=obj("t"))
+    kept = (await log.append(thing, KEEP)).rv
     for i in range(3):
         await log.append(write(f"o-{i}"), small)
     assert [r.rv for r in await log.read("things", kept - 1)] == [kept]
@@ -173,7 +174,7 @@ async def test_followers_see_every_append_once_in_order(harness: Harness) -> Non
         for i in range(per_node):
             resource = "things" if i % 3 == 0 else "orders"
             w = Write(resource=resource, key=f"{name}-{i}", type="ADDED", object=obj(name))
-            appended.append(await node.append(w, KEEP))
+            appended.append((await node.append(w, KEEP)).rv)
 
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
@@ -192,7 +193,7 @@ async def test_a_follower_reports_progress_without_records_of_its_resources(
     log = await opened(harness)
     _, start = await log.head()
     only = {"things": KEEP}
-    rv = await log.append(write("a"), KEEP)  # an orders change moves the head
+    rv = (await log.append(write("a"), KEEP)).rv  # an orders change moves the head
     with anyio.fail_after(10):
         async for batch in log.follow(only, start):
             assert batch.head == rv
@@ -219,7 +220,7 @@ async def test_a_batch_tells_when_its_newest_record_was_appended(harness: Harnes
 async def test_a_wiped_log_is_a_new_epoch_above_the_old_versions(harness: Harness) -> None:
     log = await opened(harness)
     loaded = await log.open(RES)
-    rv = await log.append(write("a"), KEEP)
+    rv = (await log.append(write("a"), KEEP)).rv
     await harness.wipe()
     with anyio.fail_after(10):
         async for batch in log.follow(RES, rv):
@@ -232,7 +233,7 @@ async def test_a_wiped_log_is_a_new_epoch_above_the_old_versions(harness: Harnes
     assert fresh.resources["orders"].state == []
     with pytest.raises(Expired):
         await log.read("orders", rv)
-    assert await log.append(write("a", expect=ABSENT), KEEP) > rv
+    assert (await log.append(write("a", expect=ABSENT), KEEP)).rv > rv
 
 
 async def test_an_unreachable_log_is_service_unavailable(harness: Harness) -> None:
@@ -248,3 +249,53 @@ async def test_an_unreachable_log_is_service_unavailable(harness: Harness) -> No
         with pytest.raises(ServiceUnavailable):
             async for _ in dead.follow(RES, 0):
                 pass  # pragma: no cover
+
+
+async def test_a_follower_behind_retention_is_told_of_the_gap(harness: Harness) -> None:
+    """A follower that falls behind retention (a paused process, a long GC pause, a burst
+    larger than the retention between two reads) must learn that records it never read were
+    evicted (``Batch.watermark`` above its previous head), never receive a silent hole."""
+    log = await opened(harness)
+    _, start = await log.head()
+    small = Retention(max_events=3, max_age=600.0)
+    follower = log.follow(RES, start)  # created, not read yet: a paused node
+    rvs = [(await log.append(write(f"o-{i}"), small)).rv for i in range(7)]
+    try:
+        with anyio.fail_after(10):
+            batch = await anext(follower)
+    finally:
+        await follower.aclose()
+    assert batch.watermark >= rvs[3] > start  # the node must reload: o-0..o-3 are gone
+    assert [r.rv for r in batch.records] == rvs[4:]
+
+
+async def test_a_follower_paused_between_reads_gets_every_record_or_is_told(
+    harness: Harness,
+) -> None:
+    """The same, for a follower that already read a batch: each later batch either continues
+    exactly (an engine may have delivered the records before they were evicted) or reports
+    the gap; it never skips silently."""
+    log = await opened(harness)
+    _, start = await log.head()
+    small = Retention(max_events=2, max_age=600.0)
+    first = (await log.append(write("o-0"), small)).rv
+    follower = log.follow(RES, start)
+    seen: list[int] = []
+    told = False
+    try:
+        with anyio.fail_after(10):
+            batch = await anext(follower)
+            seen += [r.rv for r in batch.records]
+            after = batch.head
+            assert seen == [first]
+            rvs = [(await log.append(write(f"o-{i}"), small)).rv for i in range(1, 8)]
+            while after < rvs[-1]:
+                batch = await anext(follower)
+                told = told or batch.watermark > after
+                seen += [r.rv for r in batch.records]
+                after = batch.head
+    finally:
+        await follower.aclose()
+    assert told or seen == [first, *rvs]
+    if told:
+        assert seen[-2:] == rvs[-2:]

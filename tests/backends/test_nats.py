@@ -73,7 +73,7 @@ async def race(attempts: list[tuple[NatsLog, Write]]) -> list[int | Exception]:
 
     async def one(i: int, log: NatsLog, w: Write) -> None:
         try:
-            results[i] = await log.append(w, KEEP)
+            results[i] = (await log.append(w, KEEP)).rv
         except (AlreadyExists, Conflict) as exc:
             results[i] = exc
 
@@ -97,7 +97,7 @@ async def test_racing_creates_have_one_winner(h: Harness) -> None:
 
 async def test_updates_from_a_stale_version_conflict(h: Harness) -> None:
     nodes = [await opened(h) for _ in range(4)]
-    rv1 = await nodes[0].append(write("a", qty=1), KEEP)
+    rv1 = (await nodes[0].append(write("a", qty=1), KEEP)).rv
     attempts = [(log, write("a", "MODIFIED", expect=rv1, qty=i)) for i, log in enumerate(nodes * 2)]
     results = await race(attempts)
     (winner,) = [r for r in results if isinstance(r, int)]
@@ -108,7 +108,7 @@ async def test_updates_from_a_stale_version_conflict(h: Harness) -> None:
 
 async def test_concurrent_writers_keep_the_previous_objects_exact(h: Harness) -> None:
     nodes = [await opened(h) for _ in range(4)]
-    first = await nodes[0].append(write("a", n=-1), KEEP)
+    first = (await nodes[0].append(write("a", n=-1), KEEP)).rv
     attempts = [(log, write("a", "MODIFIED", n=i)) for i, log in enumerate(nodes * 5)]
     results = await race(attempts)
     assert all(isinstance(r, int) for r in results)  # unconditional: all land, in some order
@@ -123,14 +123,14 @@ async def test_versions_are_stream_sequences_from_its_creation(h: Harness) -> No
     before = time.time_ns() // 1000
     loaded = await log.open(RES)
     assert before - 1_000_000 < int(loaded.epoch) == loaded.head  # the creation time, in µs
-    rvs = [await log.append(write(f"o-{i}"), KEEP) for i in range(3)]
+    rvs = [(await log.append(write(f"o-{i}"), KEEP)).rv for i in range(3)]
     assert rvs == [loaded.head + 1, loaded.head + 2, loaded.head + 3]
 
 
 async def test_a_recreated_stream_is_a_new_epoch_above_the_old_versions(h: Harness) -> None:
     log = await opened(h)
     epoch, _ = await log.head()
-    old = [await log.append(write(k), KEEP) for k in ("a", "b")]
+    old = [(await log.append(write(k), KEEP)).rv for k in ("a", "b")]
     client = await nats.connect(NATS_URL)
     try:  # only the stream: the state bucket still holds the old epoch's objects
         await client.jetstream().delete_stream(log.stream)
@@ -144,13 +144,13 @@ async def test_a_recreated_stream_is_a_new_epoch_above_the_old_versions(h: Harne
     fresh = await log.open(RES)
     assert fresh.epoch == batch.epoch
     assert fresh.resources["orders"].state == []  # no object of the old epoch comes back
-    assert await log.append(write("a", expect=ABSENT), KEEP) == int(fresh.epoch) + 1
+    assert (await log.append(write("a", expect=ABSENT), KEEP)).rv == int(fresh.epoch) + 1
 
 
 async def test_a_late_node_corrects_a_lagging_state_bucket(h: Harness) -> None:
     log = await opened(h)
     await log.append(write("a", qty=1), KEEP)
-    rv = await log.append(write("a", "MODIFIED", qty=2), KEEP)
+    rv = (await log.append(write("a", "MODIFIED", qty=2), KEEP)).rv
     await log.append(write("b", qty=1), KEEP)
     await forget_state(log, "a")
     loaded = await h.node().open(RES)
@@ -161,7 +161,7 @@ async def test_a_late_node_corrects_a_lagging_state_bucket(h: Harness) -> None:
 async def test_retention_settles_the_state_before_it_evicts(h: Harness) -> None:
     log = await opened(h)
     small = Retention(max_events=2, max_age=600.0)
-    rv = await log.append(write("a", qty=1), small)
+    rv = (await log.append(write("a", qty=1), small)).rv
     await forget_state(log, "a")  # its writer failed before the state bucket
     for key in ("b", "c", "d"):
         await log.append(write(key), small)
@@ -169,7 +169,7 @@ async def test_retention_settles_the_state_before_it_evicts(h: Harness) -> None:
     part = loaded.resources["orders"]
     assert [r.key for r in part.records] == ["c", "d"]  # "a" has left the stream
     assert {r.key: r.rv for r in part.state}["a"] == rv  # but not the state
-    assert await log.append(write("a", "MODIFIED", expect=rv, qty=2), small) > rv
+    assert (await log.append(write("a", "MODIFIED", expect=rv, qty=2), small)).rv > rv
 
 
 async def test_a_deleted_object_stays_deleted_after_its_record_is_evicted(h: Harness) -> None:
@@ -180,7 +180,7 @@ async def test_a_deleted_object_stays_deleted_after_its_record_is_evicted(h: Har
     await log.append(write("b"), small)
     loaded = await h.node().open(RES)
     assert [r.key for r in loaded.resources["orders"].state] == ["b"]
-    assert await log.append(write("a", expect=ABSENT), small) > 0
+    assert (await log.append(write("a", expect=ABSENT), small)).rv > 0
 
 
 async def test_any_string_is_a_resource_or_a_key(h: Harness) -> None:

@@ -104,7 +104,7 @@ async def test_an_outbox_write_that_rolls_back_leaves_no_trace(h: Harness) -> No
     assert await log.head() == (loaded.epoch, loaded.head)  # the rv was never handed out
     assert await log.read("orders", loaded.head) == []
     assert (await log.open(RES)).resources["orders"].state == []
-    assert await log.append(write("b"), KEEP) > loaded.head
+    assert (await log.append(write("b"), KEEP)).rv > loaded.head
 
 
 async def test_an_outbox_write_is_seen_when_the_app_commits(h: Harness) -> None:
@@ -150,7 +150,7 @@ async def test_concurrent_writers_never_share_or_reorder_versions(h: Harness) ->
     seen: list[int] = []
 
     async def publish(log: PostgresLog, name: str) -> None:
-        mine = [await log.append(write(f"{name}-{i}"), KEEP) for i in range(per_task)]
+        mine = [(await log.append(write(f"{name}-{i}"), KEEP)).rv for i in range(per_task)]
         assert mine == sorted(mine)
         appended.extend(mine)
 
@@ -179,7 +179,7 @@ async def test_a_slow_writer_delays_the_others_instead_of_being_overtaken(h: Har
     seen: list[int] = []
 
     async def append_fast() -> None:
-        done["fast_rv"] = await fast.append(write("fast"), KEEP)
+        done["fast_rv"] = (await fast.append(write("fast"), KEEP)).rv
         done["fast"] = time.monotonic()
 
     async def watch() -> None:
@@ -206,14 +206,14 @@ async def test_a_slow_writer_delays_the_others_instead_of_being_overtaken(h: Har
 async def test_dropped_tables_are_recreated_as_a_new_epoch(h: Harness) -> None:
     log = node(h)
     loaded = await log.open(RES)
-    rv = await log.append(write("a"), KEEP)
+    rv = (await log.append(write("a"), KEEP)).rv
     async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as admin:
         for name in ("meta", "events", "state", "resources"):
             await admin.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(log.schema, name)))
     epoch, head = await log.head()
     assert epoch != loaded.epoch
     assert head > rv
-    assert await log.append(write("a"), KEEP) > head
+    assert (await log.append(write("a"), KEEP)).rv > head
 
 
 async def test_nodes_may_create_the_log_at_once(h: Harness) -> None:
@@ -262,7 +262,7 @@ async def test_a_lost_connection_is_unavailable_once_then_the_log_reconnects(h: 
             await follow_and_kill()
         with pytest.raises(ServiceUnavailable):
             await log.append(write("a"), KEEP)
-    assert await log.append(write("a"), KEEP) > start
+    assert (await log.append(write("a"), KEEP)).rv > start
 
 
 async def test_a_pooled_connection_closed_while_idle_is_replaced(
@@ -278,7 +278,7 @@ async def test_a_pooled_connection_closed_while_idle_is_replaced(
     kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s"
     async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as admin:
         await admin.execute(kill, (name,))
-    assert await log.append(write("a"), KEEP) > start
+    assert (await log.append(write("a"), KEEP)).rv > start
 
 
 async def test_errors_name_the_log_without_its_password() -> None:
@@ -311,5 +311,5 @@ async def test_a_writer_waits_for_the_lock_no_longer_than_the_timeout(h: Harness
             await impatient.append(write("a"), KEEP)
         assert time.monotonic() - began < 2
         await holder.rollback()
-    assert await impatient.append(write("a"), KEEP) > start
+    assert (await impatient.append(write("a"), KEEP)).rv > start
     assert [r.key for r in await log.read("orders", start)] == ["a"]

@@ -306,3 +306,27 @@ def test_every_subscriber_gets_the_same_bytes() -> None:
     da = a.session.step(0, core.state.head)
     db = b.session.step(0, core.state.head)
     assert da is db
+
+
+@pytest.mark.parametrize("sse", [True, False])
+def test_the_closing_bookmark_claims_only_what_the_watch_was_served(sse: bool) -> None:
+    """A change applied between the shutdown (the subscription stops buffering) and the
+    stream's final step was never offered to this watch: the final bookmark must not claim
+    it, or the client would resume past an event it never received."""
+    core = Core()
+    a = core.publish("ADDED", order("a"))
+    query = {"resourceVersion": str(a), "labelSelector": "region=eu", "allowWatchBookmarks": "1"}
+    w = core.open(query, sse=sse)
+    w.pump()
+    filtered = core.publish("ADDED", order("us-1", region="us"))  # only moves the head
+    core.state.begin_shutdown()  # stops buffering at `filtered`
+    late = core.publish("ADDED", order("b"))  # a match the watch never saw
+    items = w.pump()
+    assert w.session.closed
+    if sse:
+        assert items == [("id", str(filtered))]
+    else:
+        assert [(i["type"], i["object"]["metadata"]["resourceVersion"]) for i in items] == [
+            ("BOOKMARK", str(filtered))
+        ]
+    assert str(late) not in w.raw.decode()

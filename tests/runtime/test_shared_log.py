@@ -21,7 +21,7 @@ from watchroutes import (
     ServiceUnavailable,
     UsageError,
 )
-from watchroutes._core.backend import Batch
+from watchroutes._core.backend import Appended, Batch, LogBackend, Retention, Write
 from watchroutes.backends.memory import MemoryLog
 from watchroutes.testing import WatchClient
 
@@ -39,11 +39,11 @@ def order(name: str, **spec: Any) -> dict[str, Any]:
 
 
 class Node:
-    def __init__(self, log: MemoryLog, **options: Any) -> None:
+    def __init__(self, log: LogBackend, *, retention: int = 50, **options: Any) -> None:
         from watchroutes.adapters.starlette import watch_endpoint
 
         self.hub = Hub(backend=log, heartbeat=1.0, **options)
-        self.orders = self.hub.resource("orders", kind="Order", retention_events=50)
+        self.orders = self.hub.resource("orders", kind="Order", retention_events=retention)
         app = Starlette(
             routes=[
                 Route("/orders", watch_endpoint(self.orders)),
@@ -293,3 +293,121 @@ async def test_plain_writes_need_another_thread_with_a_shared_log() -> None:
         await until(lambda: not thread.is_alive())
         assert result[0]["metadata"]["name"] == "o-2"
         assert a.hub.get("orders", "o-2") == result[0]
+
+
+class PausableNode:
+    """One node's connection to a shared :class:`MemoryLog` whose follower can be paused, as
+    SIGSTOP, a debugger or a long GC pause stops a process: while paused it reads nothing."""
+
+    def __init__(self, log: MemoryLog) -> None:
+        self.log = log
+        self.url = log.url
+        self.running = anyio.Event()
+        self.running.set()
+
+    def pause(self) -> None:
+        self.running = anyio.Event()
+
+    def resume(self) -> None:
+        self.running.set()
+
+    async def open(self, retention: Any) -> Any:
+        return await self.log.open(retention)
+
+    async def append(self, write: Write, retention: Retention) -> Appended:
+        return await self.log.append(write, retention)
+
+    async def head(self) -> tuple[str, int]:
+        return await self.log.head()
+
+    async def read(self, resource: str, after: int) -> Any:
+        return await self.log.read(resource, after)
+
+    async def follow(self, resources: Any, after: int) -> AsyncGenerator[Batch]:
+        batches = self.log.follow(resources, after)
+        try:
+            while True:
+                await self.running.wait()
+                yield await anext(batches)  # read when running: what the log holds by then
+        finally:
+            await batches.aclose()
+
+    async def close(self) -> None:
+        await self.log.close()
+
+
+def rv_of(obj: Any) -> int:
+    return int(obj["metadata"]["resourceVersion"])
+
+
+async def test_a_node_behind_retention_reloads_instead_of_skipping_evicted_events() -> None:
+    """A node paused while another acknowledges more writes than the log retains must not
+    apply the rest over a hole: its lists hold every acknowledged object, its open watches end
+    (they resume into 410 or RESET), and a resume from before the gap is Expired."""
+    shared = MemoryLog()
+    paused = PausableNode(shared)
+    a, b = Node(paused, retention=3), Node(shared, retention=3)
+    async with a.hub, b.hub:
+        first = await b.orders.acreate(order("o-0"))
+        await until(lambda: a.hub.head >= rv_of(first))
+        query = {"watch": "true", "resourceVersion": str(rv_of(first))}
+        async with a.client.stream("GET", "/orders", params=query) as stream:
+            paused.pause()
+            created = [await b.orders.acreate(order(f"o-{i}")) for i in range(1, 7)]
+            paused.resume()
+            with anyio.fail_after(5):
+                received = [event async for event in stream.json_lines()]
+        # the watch ended without skipping: what it got is a prefix of what was written
+        got = [int(event["resourceVersion"]) for event in received]
+        assert got == [rv_of(obj) for obj in created[: len(got)]]
+        _, items = await a.orders.alist()
+        assert sorted(item["metadata"]["name"] for item in items) == [f"o-{i}" for i in range(7)]
+        assert a.hub._replica is not None and a.hub._replica.reloads >= 1
+        resumed = await a.client.get(
+            "/orders",
+            params={
+                "watch": "true",
+                "feed": "longpoll",
+                "resourceVersion": query["resourceVersion"],
+            },
+        )
+        assert resumed.status == 410
+
+
+async def test_delete_answers_the_object_the_log_removed_even_on_a_stalled_node() -> None:
+    """The deleted object comes from the log's answer, not from this node's cache, so a node
+    whose follower is stalled still answers it (stamped with the deletion's rv), at once."""
+    shared = MemoryLog()
+    paused = PausableNode(shared)
+    a, b = Node(paused), Node(shared)
+    async with a.hub, b.hub:
+        stored = await b.orders.acreate(order("o-1", qty=1))
+        await until(lambda: a.hub.head >= rv_of(stored))
+        paused.pause()
+        changed = await b.orders.apatch("o-1", {"spec": {"qty": 2}})  # a does not see this
+        with anyio.fail_after(1):  # no wait for this node's follower
+            deleted = await a.orders.adelete("o-1")
+        assert rv_of(deleted) > rv_of(changed)
+        assert deleted["spec"] == {"qty": 2}  # what the log removed, not a's stale copy
+        assert {**deleted, "metadata": changed["metadata"]} == changed
+        paused.resume()
+
+
+class LostAnswers(MemoryLog):
+    """A log whose connection fails after an append reached it: the outcome is unknown."""
+
+    async def append(self, write: Write, retention: Retention) -> Appended:
+        await super().append(write, retention)
+        raise ServiceUnavailable("the event log at memory://secret-host is unavailable")
+
+
+async def test_a_write_whose_outcome_is_unknown_says_so_without_naming_the_backend() -> None:
+    node = Node(LostAnswers())
+    async with node.hub:
+        with pytest.raises(ServiceUnavailable) as info:
+            await node.orders.acreate(order("o-1"))
+    status = info.value.status()
+    assert status.code == 503
+    assert "may or may not" in status.message
+    assert "secret-host" not in status.message
+    assert status.details is not None and status.details.retryAfterSeconds == 1

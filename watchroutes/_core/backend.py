@@ -29,6 +29,7 @@ from .errors import AlreadyExists, Conflict, NotFound
 __all__ = [
     "ABSENT",
     "PRESENT",
+    "Appended",
     "Batch",
     "Expect",
     "Loaded",
@@ -80,9 +81,18 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
     prev_rv: int = 0
 
 
+class Appended(msgspec.Struct, frozen=True):
+    """What ``append`` stored: the change's rv and its object as the log recorded it (encoded,
+    unstamped; for a ``DELETED`` written without an object, the object it removed)."""
+
+    rv: int
+    object: bytes
+
+
 class Batch(msgspec.Struct, frozen=True):
     """What a follower reads at once: every record of the followed resources with
-    ``rv <= head`` and above the previous batch's head, in rv order, under ``epoch``."""
+    ``rv <= head`` and above the previous batch's head that the log still holds, in rv order,
+    under ``epoch``."""
 
     epoch: str
     head: int
@@ -90,6 +100,11 @@ class Batch(msgspec.Struct, frozen=True):
     #: When the newest record was appended, in µs by the engine's clock; 0 when that is its rv
     #: (versions that follow the clock, DESIGN 1). Only the follower-lag metric reads it.
     time: int = 0
+    #: The newest compaction watermark of the followed resources, read with the records
+    #: (0 where the engine can tell that nothing between the previous head and these records
+    #: was evicted). Above the previous batch's head, retention evicted records this follower
+    #: never read: the batch has a gap, and the node must reload as a new node would.
+    watermark: int = 0
 
 
 class ResourceLoad(msgspec.Struct, frozen=True):
@@ -122,8 +137,9 @@ class LogBackend(Protocol):
         """Connect (creating the log and its epoch if missing) and load these resources."""
         ...
 
-    async def append(self, write: Write, retention: Retention) -> int:
-        """Append one change atomically; returns its rv."""
+    async def append(self, write: Write, retention: Retention) -> Appended:
+        """Append one change atomically; returns its rv and the object stored. Raising
+        ``ServiceUnavailable`` leaves the outcome unknown: the change may have been appended."""
         ...
 
     async def head(self) -> tuple[str, int]:
@@ -137,7 +153,8 @@ class LogBackend(Protocol):
 
     def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncGenerator[Batch]:
         """Batches of new records after ``after``, as they are appended, forever (until the
-        connection fails: then it raises ``ServiceUnavailable``)."""
+        connection fails: then it raises ``ServiceUnavailable``). A follower that falls behind
+        retention is told so by ``Batch.watermark``, never handed a silent gap."""
         ...
 
     async def close(self) -> None: ...

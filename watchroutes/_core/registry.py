@@ -91,6 +91,7 @@ class Subscription:
         "_buffer",
         "_latest",
         "closed",
+        "closed_at",
         "coalesced",
         "delivered",
         "dropped",
@@ -126,6 +127,8 @@ class Subscription:
             {} if policy is SlowConsumerPolicy.COALESCE else None
         )
         self.closed: CloseReason | None = None
+        #: The hub's head when it was closed (``None``: unknown, as for a slow consumer).
+        self.closed_at: int | None = None
         self.high_water = 0
         self.delivered = 0
         self.coalesced = 0
@@ -192,11 +195,20 @@ class Subscription:
         self.delivered += len(frames)
         return frames
 
-    def close(self, reason: CloseReason) -> None:
-        """Stop buffering. ``SLOW`` also drops the queue: the client resumes from its last rv."""
+    def position(self, head: int) -> int | None:
+        """The rv through which every entry was queued for, or filtered out for, this
+        subscription, given the hub's ``head`` now: ``head`` while it is open, the head at its
+        close once closed (entries published since were never offered to it), ``None`` when
+        that is unknown. A bookmark may claim this rv once the queue is drained, never more."""
+        return head if self.closed is None else self.closed_at
+
+    def close(self, reason: CloseReason, head: int | None = None) -> None:
+        """Stop buffering at the hub's ``head`` (``None``: unknown, so no closing bookmark).
+        ``SLOW`` also drops the queue: the client resumes from its last rv."""
         if self.closed is not None:
             return
         self.closed = reason
+        self.closed_at = head
         if reason is CloseReason.SLOW:
             self.dropped += len(self)
             self._buffer.clear()

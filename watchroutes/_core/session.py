@@ -17,8 +17,9 @@ Rules (DESIGN 3.2-3.4) and where they live:
   queued for this watcher or filtered out; never during the initial events; never to a watcher
   closed as a slow consumer;
 * heartbeats when nothing was written for a heartbeat interval;
-* ``timeoutSeconds`` and shutdown: drain, a final bookmark when the head moved past what the
-  client holds, then the end.
+* ``timeoutSeconds`` and shutdown: drain, a final bookmark when the subscription's position
+  (the head when it stopped buffering, or now if it is still open) is past what the client
+  holds, then the end.
 
 Phases and their transitions are the table below; a failed session raises on every call.
 """
@@ -190,8 +191,12 @@ class WatchSession:
             self._finish(reason)
             return self._wrote(data, now)
         if reason is not None or (self.end_at is not None and now >= self.end_at):
-            if sent is None or head > sent:
-                data += self.wire.bookmark(head)
+            # The closing bookmark claims only what this watch was served: the head at the
+            # subscription's close, never a head read later (entries applied since were
+            # never offered to it).
+            through = sub.position(head)
+            if through is not None and (sent is None or through > sent):
+                data += self.wire.bookmark(through)
             self._finish(reason or CloseReason.TIMEOUT)
             return self._wrote(data, now)
         if now - self._last_bookmark >= self.heartbeat:

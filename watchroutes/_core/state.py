@@ -295,7 +295,7 @@ class HubState:
         )
 
     def close_watch(self, sub: Subscription, reason: CloseReason) -> None:
-        sub.close(reason)
+        sub.close(reason, self.head)
         self.registry.unsubscribe(sub)
 
     # -- following a shared log (DESIGN 2: every node learns of each event the same way) ------
@@ -363,8 +363,9 @@ class HubState:
     def end_watches(self, reason: CloseReason) -> list[Subscription]:
         """End every open watch (they resume: see ``CloseReason``)."""
         subs = self.registry.all()
+        head = self.head
         for sub in subs:
-            sub.close(reason)
+            sub.close(reason, head)
         return subs
 
     def begin_shutdown(self) -> list[Subscription]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import msgspec
 
 from .._core.backend import ABSENT, PRESENT, Expect, LogBackend, Retention, Write
 from .._core.errors import (
@@ -33,7 +34,7 @@ from .._core.errors import (
     InternalError,
     NotFound,
     RequestEntityTooLarge,
-    Timeout,
+    ServiceUnavailable,
     UsageError,
 )
 from .._core.events import Entry, EventType, Frame, encode
@@ -556,18 +557,25 @@ class Hub:
                     f"{self.state.max_object_bytes}"
                 )
         write = Write(resource=resource, key=key, type=etype.value, object=body, expect=expect)
-        rv = await replica.backend.append(write, Retention(log.max_events, log.max_age))
+        try:
+            stored = await replica.backend.append(write, Retention(log.max_events, log.max_age))
+        except ServiceUnavailable as exc:
+            # The connection failed somewhere between sending the change and reading the
+            # answer: it may have been appended. Say so; never guess (protocol.md §3.5).
+            logger.warning("write of %s %r: outcome unknown: %s", resource, key[:100], exc)
+            raise ServiceUnavailable(
+                f"the event log became unavailable during this write; it may or may not have "
+                f'been applied: read {resource} "{key[:100]}" (its '
+                f"metadata.resourceVersion) before retrying",
+                retry_after=1,
+            ) from None
+        rv = stored.rv
         replica.written = max(replica.written, rv)
         self.metrics.events_published(resource, 1)
-        if obj is not None:
-            # No need to wait for this node's follower: every read syncs to the log's head
-            # first (DESIGN 3.1), so the writer reads its write on any node.
-            return _stamp(obj, rv)
-        with contextlib.suppress(Timeout):
-            await replica.wait_applied(rv)  # a deletion returns the object it removed
-        with self._lock:
-            entry = self.state.log(resource).entry(rv)
-        return None if entry is None else entry.object
+        # No need to wait for this node's follower: every read syncs to the log's head first
+        # (protocol.md §3.1), so the writer reads its write on any node. A deletion answers the
+        # object the log removed, as the log returned it (never this node's cache).
+        return _stamp(obj if obj is not None else msgspec.json.decode(stored.object), rv)
 
     async def _sync(self, parsed: WatchRequest) -> None:
         """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log.

@@ -59,7 +59,8 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
                     sub.waker = event.set
             with hub._lock:
                 frames = sub.drain()
-                rv = hub.state.head
+                position = sub.position(hub.state.head)  # never past where it stopped buffering
+                rv = opening.head if position is None else position
                 if sub.closed is CloseReason.SLOW:  # its queue was dropped: poll again from here
                     frames, rv = [], opening.head
             if not frames:

@@ -11,6 +11,11 @@ the local watchers. The publishing node learns of its own writes the same way (D
   compacted past it (then the node reloads, as for a new epoch).
 * **New epoch** (a wiped Redis, a recreated stream): the node ends its watches, drops its
   cache and loads the new log; clients resume into RESET or 410, never across the gap.
+* **Fallen behind retention** (a paused process, a long GC pause, a burst larger than the
+  retention between two reads): the batch's watermark is above this node's head, so records
+  it never read were evicted. The node does what a new node does at once: it ends its
+  watches, reloads the log's image consistently, and from then on every position older than
+  the watermark is Expired (410, or RESET on SSE); it never serves the gap.
 * **Consistent reads** (DESIGN 3.1): every list and watch (but ``resourceVersion=0``) is
   served at least at the backend's head when the request arrives, so it sees every write
   acknowledged before it on any node, and a resume is judged against the same history on
@@ -60,8 +65,11 @@ class Replica:
         self.lag_seconds = 0.0
         #: The newest rv this node appended: reads without a wait still see this node's writes.
         self.written = 0
+        #: How often this node reloaded because it fell behind the log's retention.
+        self.reloads = 0
         self._waiters: list[tuple[int, anyio.Event]] = []
         self._loaded: anyio.Event | None = None
+        self._warned = False
         self._random = random.Random()
 
     def retention(self) -> dict[str, Retention]:
@@ -85,7 +93,8 @@ class Replica:
         delay = _BACKOFF_FIRST
         while True:
             try:
-                await self._follow()
+                if await self._follow():
+                    continue  # behind retention or a new epoch: reload at once
             except ServiceUnavailable as exc:
                 if self.available:
                     logger.warning("event log lost: %s", exc.message)
@@ -95,7 +104,8 @@ class Replica:
             if self.available:
                 delay = _BACKOFF_FIRST
 
-    async def _follow(self) -> None:
+    async def _follow(self) -> bool:
+        """Load, then apply batches until the log needs a reload (True) or fails."""
         hub = self.hub
         retention = self.retention()
         loaded = await self.backend.open(retention)
@@ -110,14 +120,28 @@ class Replica:
             async for batch in batches:
                 if batch.epoch != self.epoch:
                     logger.warning("the event log at %s has a new epoch", self.backend.url)
-                    return  # reload: _run calls _follow again at once
+                    return True
                 with hub._lock:
+                    head = hub.state.head
+                    if batch.watermark > head:
+                        # Records after our head were evicted before we read them: applying
+                        # this batch would skip them. Reload instead (requests that need the
+                        # log's head wait for it; the reload ends every watch).
+                        self.reloads += 1
+                        logger.warning(
+                            "this node fell behind the event log's retention (applied %d, "
+                            "compacted through %d): reloading",
+                            head,
+                            batch.watermark,
+                        )
+                        return True
                     applied = hub.state.apply(batch.records, batch.head, hub.clock.now())
                 if applied:
                     newest = batch.time or batch.records[-1].rv
                     self.lag_seconds = max(0.0, time.time() - newest / 1e6)
                     hub.metrics.follower_lag(self.lag_seconds)
                 self._wake()
+        return False  # pragma: no cover - a follower ends only by raising
 
     def _continues(self, loaded: Loaded) -> bool:
         """Whether this node can go on from its head in ``loaded`` (same epoch, not behind this
@@ -160,6 +184,18 @@ class Replica:
                 waiting.append((target, event))
         self._waiters = waiting
 
+    def _never_started(self) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.error(
+                "the hub on the shared log %s was never started, so it serves no reads or "
+                "watches: enter it in the app's lifespan (`async with hub:`), run the app with "
+                "watchroutes.adapters.uvicorn.Server, or call watchroutes.adapters.aiohttp."
+                "setup(app, hub)",
+                self.backend.url,
+            )
+        raise ServiceUnavailable("the server is not ready to serve this resource yet")
+
     # -- consistent reads ----------------------------------------------------------------------
 
     async def sync(self, rv: int | None) -> None:
@@ -168,8 +204,14 @@ class Replica:
         ``Expired`` if ``rv`` is above the log's head, ``ServiceUnavailable`` if the log
         cannot be reached, ``Timeout`` after :data:`SYNC_TIMEOUT`."""
         if not self.available:
-            raise ServiceUnavailable(f"the event log at {self.backend.url} is unavailable")
-        epoch, head = await self.backend.head()
+            if self._loaded is None:
+                self._never_started()
+            raise ServiceUnavailable("the event log is unavailable; try again")
+        try:
+            epoch, head = await self.backend.head()
+        except ServiceUnavailable as exc:  # the detail names the backend: log it, don't send it
+            logger.warning("%s", exc.message)
+            raise ServiceUnavailable("the event log is unavailable; try again") from None
         if epoch != self.epoch:
             raise ServiceUnavailable("the event log is being reloaded (a new epoch)")
         if rv is not None and rv > head:

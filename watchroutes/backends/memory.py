@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 import anyio
 
 from .._core.backend import (
+    Appended,
     Batch,
     Loaded,
     Record,
@@ -98,7 +99,7 @@ class MemoryLog:
             resources[name] = ResourceLoad(res.watermark, list(res.records), state)
         return Loaded(self.epoch, self._head, resources)
 
-    async def append(self, write: Write, retention: Retention) -> int:
+    async def append(self, write: Write, retention: Retention) -> Appended:
         self._check()
         res = self._resource(write.resource)
         current = res.state.get(write.key)
@@ -127,7 +128,7 @@ class MemoryLog:
         self._trim(res, retention, now)
         self._notify()
         await anyio.lowlevel.checkpoint()
-        return rv
+        return Appended(rv, obj)
 
     def _trim(self, res: _Resource, retention: Retention, now: int) -> None:
         records = res.records
@@ -159,12 +160,14 @@ class MemoryLog:
             self._waiters.add(event)
             if self._head > after:
                 found: list[Record] = []
+                watermark = 0
                 for name in names:
-                    records = self._resource(name).records
-                    found += records[bisect.bisect_right(records, after, key=_rv) :]
+                    res = self._resource(name)
+                    watermark = max(watermark, res.watermark)
+                    found += res.records[bisect.bisect_right(res.records, after, key=_rv) :]
                 found.sort(key=_rv)
                 after = self._head
-                yield Batch(self.epoch, after, found)
+                yield Batch(self.epoch, after, found, watermark=watermark)
             with anyio.move_on_after(1.0):
                 await event.wait()
             self._waiters.discard(event)

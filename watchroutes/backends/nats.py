@@ -65,6 +65,7 @@ import anyio
 import msgspec
 
 from .._core.backend import (
+    Appended,
     Batch,
     Loaded,
     Record,
@@ -528,7 +529,7 @@ class NatsLog:
         with contextlib.suppress(ServiceUnavailable):
             await self._purge(self._kv, filter=entry.subject, seq=entry.seq + 1)
 
-    async def append(self, write: Write, retention: Retention) -> int:
+    async def append(self, write: Write, retention: Retention) -> Appended:
         res, key = _token(write.resource), _token(write.key)
         subject = f"{self.stream}.{res}.{key}"
         for attempt in range(ATTEMPTS):
@@ -568,7 +569,7 @@ class NatsLog:
             except (ServiceUnavailable, TimeoutError) as exc:
                 # The change is in the log: loads and the next trim settle the rest.
                 logger.warning("appended %d to %s, not its state or trim: %s", rv, self.url, exc)
-            return rv
+            return Appended(rv, obj)
         raise self._unavailable(f"{write.resource} {write.key[:100]!r} kept changing")
 
     def _current(
@@ -723,10 +724,14 @@ class NatsLog:
                         polled -= self.poll_interval  # deleted meanwhile: check again now
                         continue
                 wait = max(0.0, polled + self.poll_interval - anyio.current_time())
-                records, head, appended = await self._drain(sub, wanted, after, wait)
+                records, head, appended, skipped = await self._drain(sub, wanted, after, wait)
                 if head > after:
+                    watermark = 0
+                    if skipped:  # purged before we read them: were any of ours?
+                        marks = await asyncio.gather(*(self._watermark(t) for t in wanted))
+                        watermark = max(marks)
                     after = head
-                    yield Batch(str(epoch), head, records, appended)
+                    yield Batch(str(epoch), head, records, appended, watermark)
         finally:
             if sub is not None:
                 await self._stop(sub)
@@ -755,17 +760,21 @@ class NatsLog:
         wanted: dict[str, str],
         after: int,
         wait: float,
-    ) -> tuple[list[Record], int, int]:
+    ) -> tuple[list[Record], int, int, bool]:
         """What has arrived (waiting up to ``wait`` for the first): the records of the
-        ``wanted`` resources, the newest sequence consumed, whatever its resource, and when the
-        newest record was stored (µs; 0: none)."""
+        ``wanted`` resources, the newest sequence consumed, whatever its resource, when the
+        newest record was stored (µs; 0: none), and whether sequences were skipped (every
+        message of the stream is a record, so a skipped sequence is one that retention purged
+        before this consumer got to it)."""
         records: list[Record] = []
         appended = 0
+        skipped = False
         try:
             msg: Msg | None = await sub.next_msg(timeout=wait or 0.001)
             while msg is not None:
                 seq = msg.metadata.sequence.stream
                 if seq > after:
+                    skipped = skipped or seq > after + 1
                     after = seq
                     _, res, key = msg.subject.split(".")
                     name = wanted.get(res)
@@ -778,7 +787,7 @@ class NatsLog:
             pass  # nothing (more) arrived in time
         except (nats.errors.Error, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return records, after, appended
+        return records, after, appended, skipped
 
     async def _stop(self, sub: JetStreamContext.PushSubscription) -> None:
         self._followers.discard(sub)

@@ -54,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 import anyio
 
 from .._core.backend import (
+    Appended,
     Batch,
     Loaded,
     Record,
@@ -378,8 +379,8 @@ class PostgresLog:
 
         return await self._run(load)
 
-    async def append(self, write: Write, retention: Retention) -> int:
-        async def append(conn: Conn) -> int:
+    async def append(self, write: Write, retention: Retention) -> Appended:
+        async def append(conn: Conn) -> Appended:
             async with conn.transaction():
                 return await self._append(conn, write, retention)
 
@@ -400,11 +401,11 @@ class PostgresLog:
         if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
             raise UsageError("append_in needs a transaction: use `async with conn.transaction()`")
         try:
-            return await self._append(conn, write, retention)
+            return (await self._append(conn, write, retention)).rv
         except (*_UNAVAILABLE, errors.UndefinedTable, errors.InvalidSchemaName) as exc:
             raise self._unavailable(exc) from exc
 
-    async def _append(self, conn: Conn, write: Write, retention: Retention) -> int:
+    async def _append(self, conn: Conn, write: Write, retention: Retention) -> Appended:
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
             key = {"res": write.resource, "key": write.key}
@@ -442,7 +443,7 @@ class PostgresLog:
                     "channel": self.channel,
                 },
             )
-        return rv
+        return Appended(rv, bytes(obj))
 
     async def head(self) -> tuple[str, int]:
         async def head(conn: Conn) -> tuple[str, int]:
@@ -471,12 +472,17 @@ class PostgresLog:
 
     async def _pull(self, conn: Conn, names: list[str], after: int) -> Batch:
         async with conn.transaction(), conn.cursor(binary=True) as cur:
-            epoch, _, head = await self._snapshot(cur)
+            epoch, start, head = await self._snapshot(cur)
             records: list[Record] = []
+            watermark = 0
             if head > after:
+                # the watermarks of the same instant: above ``after``, records were evicted
+                # before this follower read them (it must reload, not skip them)
+                await cur.execute(self._q_watermarks, {"names": names})
+                watermark = max([start, *(mark for _, mark in await cur.fetchall())])
                 await cur.execute(self._q_events_after, {"names": names, "after": after})
                 records = [_record(row) for row in await cur.fetchall()]
-        return Batch(epoch, head, records)
+        return Batch(epoch, head, records, watermark=watermark)
 
     async def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncGenerator[Batch]:
         names = list(resources)

@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from .._core.backend import (
     ABSENT,
     PRESENT,
+    Appended,
     Batch,
     Loaded,
     Record,
@@ -126,6 +127,7 @@ if last then
   redis.call('HSET', meta, 'wm:' .. resource, wm)
 end
 redis.call('PUBLISH', ARGV[9], rvs)
+if etype == 'DELETED' then return {'ok', rvs, obj} end
 return {'ok', rvs}
 """
 )
@@ -146,16 +148,22 @@ return out
 """
 )
 
-# KEYS: meta, then the log of each resource; ARGV: fresh epoch, after.
+# KEYS: meta, then the log of each resource; ARGV: fresh epoch, after, then the resources.
+# Returns epoch, head, the resources' newest watermark (read with the records: above ``after``
+# the follower has a gap), then each resource's records after ``after``.
 _PULL = (
     _ENSURE
     + """
 local epoch, head = ensure(KEYS[1], ARGV[1])
-local out = {epoch, string.format('%.0f', head)}
+local out = {epoch, string.format('%.0f', head), '0'}
+local newest = 0
 local start = '(' .. ARGV[2] .. '-0'
 for i = 2, #KEYS do
+  local wm = tonumber(watermark(KEYS[1], ARGV[i + 1]))
+  if wm > newest then newest = wm end
   table.insert(out, redis.call('XRANGE', KEYS[i], start, '+'))
 end
+out[3] = string.format('%.0f', newest)
 return out
 """
 )
@@ -262,7 +270,7 @@ class RedisLog:
             resources[name] = ResourceLoad(int(wm), _records(name, entries), state)
         return Loaded(epoch, head, resources)
 
-    async def append(self, write: Write, retention: Retention) -> int:
+    async def append(self, write: Write, retention: Retention) -> Appended:
         expect = write.expect
         args: list[str | bytes | int] = [
             write.resource,
@@ -277,13 +285,14 @@ class RedisLog:
         ]
         keys = [self._meta, self._log(write.resource), self._state(write.resource)]
         try:
-            status, value = await self._append(keys=keys, args=args)
+            status, value, *deleted = await self._append(keys=keys, args=args)
         except ResponseError:
             raise
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         if status == b"ok":
-            return int(value)
+            stored = write.object if write.object is not None else deleted[0]
+            return Appended(int(value), stored)
         name = f'{write.resource} "{write.key[:100]}"'
         if status == b"exists":
             raise AlreadyExists(f"{name} already exists")
@@ -313,13 +322,13 @@ class RedisLog:
 
     async def _pull_batch(self, names: list[str], after: int) -> Batch:
         keys = [self._meta, *(self._log(name) for name in names)]
-        reply = await self._pull(keys=keys, args=[uuid.uuid4().hex, after])
+        reply = await self._pull(keys=keys, args=[uuid.uuid4().hex, after, *names])
         records: list[Record] = []
-        for name, entries in zip(names, reply[2:], strict=True):
+        for name, entries in zip(names, reply[3:], strict=True):
             records += _records(name, entries)
         if len(names) > 1:
             records.sort(key=lambda r: r.rv)
-        return Batch(reply[0].decode(), int(reply[1]), records)
+        return Batch(reply[0].decode(), int(reply[1]), records, watermark=int(reply[2]))
 
     async def follow(self, resources: Mapping[str, Retention], after: int) -> AsyncGenerator[Batch]:
         names = list(resources)
@@ -339,7 +348,7 @@ class RedisLog:
             raise self._unavailable(exc) from exc
         finally:
             with contextlib.suppress(RedisError):  # the connection may be gone already
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def close(self) -> None:
         await self._redis.aclose()
