@@ -387,3 +387,57 @@ async def test_an_unknown_route_is_refused_before_accepting() -> None:
     with pytest.raises(WebSocketClosed):
         async with app.client.websocket("/nowhere"):
             pass  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"labelSelector": "a in (b", "timeoutSeconds": "2"},  # the URL's subscription: 400
+        {"resourceVersion": "9" * 18, "timeoutSeconds": "2"},  # 410: newer than the log
+        {"timeoutSeconds": "2"},  # opened, then unwatched
+    ],
+)
+async def test_timeout_seconds_closes_1000_whatever_became_of_the_url_subscription(
+    params: dict[str, str],
+) -> None:
+    app = App(limits=WebSocketLimits(idle_seconds=60))
+    async with app.ws(params=params) as socket:
+        if "timeoutSeconds" in params and len(params) == 1:
+            await socket.send_json({"op": "unwatch", "id": ""})
+            while (await socket.receive_json())["type"] != "UNWATCHED":
+                pass
+        else:
+            error = await socket.receive_json()
+            assert (error["id"], error["type"]) == ("", "ERROR")
+        await socket.send_json({"op": "watch", "id": "other", "sendInitialEvents": False})
+        await anyio.wait_all_tasks_blocked()
+        await app.clock.advance(1.9)
+        app.orders.create(order("a"))
+        (added,) = await socket.take(1)  # the other subscription is served until then
+        assert (added["id"], added["type"]) == ("other", "ADDED")
+        await app.clock.advance(0.1)
+        assert await closed(socket) == (1000, "timeoutSeconds passed")
+
+
+async def test_a_socket_without_subscriptions_is_closed_after_the_idle_period() -> None:
+    app = App(limits=WebSocketLimits(idle_seconds=3))
+    async with app.ws(params={"labelSelector": "!!"}) as socket:
+        assert (await socket.receive_json())["type"] == "ERROR"
+        await app.clock.advance(2.9)
+        await socket.send_json({"op": "watch", "id": "s", "sendInitialEvents": False})
+        await anyio.wait_all_tasks_blocked()
+        await app.clock.advance(10)  # watching something: not idle
+        app.orders.create(order("a"))
+        assert (await socket.receive_json())["type"] == "ADDED"
+        await socket.send_json({"op": "unwatch", "id": "s"})
+        assert (await socket.receive_json())["type"] == "UNWATCHED"
+        await app.clock.advance(2.9)
+        await anyio.wait_all_tasks_blocked()
+        assert socket.close_code is None
+        await app.clock.advance(0.1)
+        assert await closed(socket) == (1000, "no subscription for 3 s")
+
+
+def test_the_idle_period_is_positive() -> None:
+    with pytest.raises(ValueError, match="idle_seconds"):
+        WebSocketLimits(idle_seconds=0)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 __all__ = [
+    "DEFAULT_IDLE_SECONDS",
     "DEFAULT_MAX_MESSAGES_PER_SECOND",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_SUBSCRIPTIONS",
@@ -49,6 +50,12 @@ DEFAULT_MAX_SUBSCRIPTIONS: Final = 100
 #: Inbound messages per second (a token bucket of this size, refilled at this rate): a
 #: client subscribes a handful of times per page, never in a loop.
 DEFAULT_MAX_MESSAGES_PER_SECOND: Final = 20
+#: How long a socket may stay open without any subscription (its URL's failed, or every one
+#: ended) before it is closed with 1000: such a socket is an idle connection, which servers
+#: close after seconds (uvicorn's keep-alive timeout is 5 s, nginx's 75 s). 10 s leaves a
+#: client time to read an ERROR and send a corrected watch, and keeps a client from holding
+#: sockets open that watch nothing.
+DEFAULT_IDLE_SECONDS: Final = 10.0
 #: The id of the subscription a socket opens from its URL's query.
 IMPLICIT_ID: Final = ""
 MAX_ID_LENGTH: Final = 256
@@ -56,7 +63,7 @@ _MAX_REASON_BYTES: Final = 123  # RFC 6455 5.5: a control frame's payload is at 
 
 
 class CloseCode(enum.IntEnum):
-    NORMAL = 1000  # timeoutSeconds passed
+    NORMAL = 1000  # timeoutSeconds passed, or no subscription for the idle period
     TOO_BIG = 1009  # an inbound message over the size limit
     ERROR = 1011  # the watch failed on the server
     RESTART = 1012  # the server is shutting down: resume elsewhere

@@ -27,6 +27,7 @@ from .._core.params import parse_request
 from .._core.registry import CloseReason
 from .._core.session import WatchSession
 from .._core.websocket import (
+    DEFAULT_IDLE_SECONDS,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_MESSAGES_PER_SECOND,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -98,12 +99,14 @@ class WebSocketLimits:
     #: Allowed ``Origin`` values (``"https://app.example.com"``, or ``"*"``); ``None``: the
     #: request's own origin only.
     origins: Sequence[str] | None = None
+    #: Seconds a socket may stay open without any subscription before it is closed (1000).
+    idle_seconds: float = DEFAULT_IDLE_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1 or self.max_subscriptions < 1:
             raise ValueError("max_message_bytes and max_subscriptions must be at least 1")
-        if self.max_messages_per_second <= 0:
-            raise ValueError("max_messages_per_second must be positive")
+        if self.max_messages_per_second <= 0 or self.idle_seconds <= 0:
+            raise ValueError("max_messages_per_second and idle_seconds must be positive")
 
 
 _CLOSE_FOR: dict[CloseReason, CloseCode] = {
@@ -196,6 +199,11 @@ class _Connection:
         #: Around the writer's rounds: cancelled to give up a stuck write.
         self._writing: anyio.CancelScope | None = None
         self.alarm = make_alarm(hub.clock, hub.write_timeout, self._give_up_write)
+        #: When the socket ends (1000), whatever becomes of its URL's subscription: the URL's
+        #: ``timeoutSeconds``, or the server's maximum watch duration.
+        self.end_at = hub.end_at(_url_timeout(request.query))
+        #: Since when the socket has had no subscription (it closes after ``idle_seconds``).
+        self.idle_since: float | None = None
 
     # -- the hub's view -------------------------------------------------------------------
 
@@ -284,7 +292,7 @@ class _Connection:
             wire = WebSocketWire(
                 res.kind, res.api_version, sub_id, bookmarks=parsed.allow_watch_bookmarks
             )
-            end_at = self.hub.end_at(parsed.timeout_seconds) if sub_id == IMPLICIT_ID else None
+            end_at = self.end_at if sub_id == IMPLICIT_ID else None
             session = await open_session(self.hub, res, parsed, wire, end_at=end_at)
         except ClientError as exc:
             self._error(sub_id, exc)
@@ -386,6 +394,7 @@ class _Connection:
         alarm = self.alarm
         outbox = self.outbox
         sessions = self.sessions
+        limits = self.limits
         while True:
             messages: list[bytes] = []
             written: list[tuple[WatchMeter, int, float | None]] = []
@@ -410,6 +419,10 @@ class _Connection:
                     elif session.ready:
                         ready = True
                 closing = state.closing
+                if sessions:
+                    self.idle_since = None
+                elif self.idle_since is None:
+                    self.idle_since = now
             try:
                 for message in messages:
                     await alarm.write(socket.send, message.decode())
@@ -424,11 +437,37 @@ class _Connection:
             if closing and not sessions:
                 self.close_code = (CloseCode.RESTART, _REASONS[CloseCode.RESTART])
                 return
+            if now >= self.end_at and IMPLICIT_ID not in sessions:
+                # (the URL's own subscription ends itself then, after its final bookmark)
+                self.close_code = (CloseCode.NORMAL, _REASONS[CloseCode.NORMAL])
+                return
+            idle_end = None if self.idle_since is None else self.idle_since + limits.idle_seconds
+            if idle_end is not None and now >= idle_end and not outbox:
+                self.close_code = (
+                    CloseCode.NORMAL,
+                    f"no subscription for {limits.idle_seconds:g} s",
+                )
+                return
             if ready:
                 await anyio.lowlevel.checkpoint()
                 continue
             deadlines = [d for s in sessions.values() if (d := s.deadline()) is not None]
-            await alarm.wait(min(deadlines) if deadlines else None)
+            deadlines.append(self.end_at)
+            if idle_end is not None:
+                deadlines.append(idle_end)
+            await alarm.wait(min(deadlines))
+
+
+def _url_timeout(query: Sequence[tuple[str, str]]) -> int | None:
+    """The URL's ``timeoutSeconds`` (``None`` when absent or invalid: the subscription's
+    ERROR says why), read apart from the rest so that it holds whatever the rest says."""
+    pairs = [(name, value) for name, value in query if name == "timeoutSeconds"][:1]
+    if not pairs:
+        return None
+    try:
+        return parse_request(pairs, websocket=True).timeout_seconds
+    except ClientError:
+        return None
 
 
 _REASONS: dict[int, str] = {
