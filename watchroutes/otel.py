@@ -12,6 +12,8 @@ as metadata): ``watchroutes.watches.active`` (up-down counter), ``watchroutes.wa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 try:
     from opentelemetry import metrics as otel_metrics
 except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -19,14 +21,28 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.otel needs opentelemetry-api: pip install 'watchroutes[otel]'"
     ) from exc
 
+from ._core.metrics import (
+    CLOSE_REASONS,
+    DROP_REASONS,
+    TRANSPORTS,
+    client_error_reasons,
+)
+
 __all__ = ["OpenTelemetryMetrics"]
 
 
 class OpenTelemetryMetrics:
     """A :class:`watchroutes._core.metrics.Metrics` sink on an OpenTelemetry ``Meter``
-    (by default the global provider's meter named ``watchroutes``)."""
+    (by default the global provider's meter named ``watchroutes``).
 
-    def __init__(self, meter: otel_metrics.Meter | None = None) -> None:
+    Every counter's series exists at 0 from the start (``add(0, ...)``): the client errors'
+    for every reason at once, a resource's for every transport and reason as soon as it is
+    mounted on a route (:meth:`resource_added`; ``resources`` names some ahead of that).
+    Histograms get no sample until something is measured."""
+
+    def __init__(
+        self, meter: otel_metrics.Meter | None = None, *, resources: Iterable[str] = ()
+    ) -> None:
         m = meter if meter is not None else otel_metrics.get_meter("watchroutes")
         self.active = m.create_up_down_counter(
             "watchroutes.watches.active", description="Watches open now."
@@ -68,6 +84,26 @@ class OpenTelemetryMetrics:
             unit="s",
             description="How far behind the shared event log each applied batch was.",
         )
+        for reason in client_error_reasons():
+            self.client_errors.add(0, {"reason": reason})
+        self._resources: set[str] = set()
+        for name in resources:
+            self.resource_added(name)
+
+    def resource_added(self, resource: str) -> None:
+        """Create every counter series of ``resource`` at 0 (for each transport and reason)."""
+        if resource in self._resources:
+            return
+        self._resources.add(resource)
+        self.published.add(0, {"resource": resource})
+        for reason in DROP_REASONS:
+            self.dropped.add(0, {"resource": resource, "reason": reason})
+        for transport in TRANSPORTS:
+            attributes = {"resource": resource, "transport": transport}
+            for counter in (self.active, self.opened, self.delivered, self.bytes_sent):
+                counter.add(0, attributes)
+            for reason in CLOSE_REASONS:
+                self.closed.add(0, {**attributes, "reason": reason})
 
     def watch_opened(self, resource: str, transport: str) -> None:
         attributes = {"resource": resource, "transport": transport}

@@ -20,12 +20,21 @@ metric                                         type       labels
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.prometheus needs prometheus_client: pip install 'watchroutes[prometheus]'"
     ) from exc
+
+from ._core.metrics import (
+    CLOSE_REASONS,
+    DROP_REASONS,
+    TRANSPORTS,
+    client_error_reasons,
+)
 
 __all__ = ["PrometheusMetrics"]
 
@@ -36,9 +45,16 @@ _BUFFER_BUCKETS = (0, 1, 2, 5, 10, 50, 100, 500, 1000, 5000)
 
 class PrometheusMetrics:
     """A :class:`watchroutes._core.metrics.Metrics` sink on a ``prometheus_client`` registry
-    (a new one by default, so that two hubs in one process do not collide)."""
+    (a new one by default, so that two hubs in one process do not collide).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Every series exists at 0 from the start: ``watchroutes_client_errors_total`` for every
+    reason at once, and the series of a resource, for every transport and reason, as soon as
+    the resource is mounted on a route (:meth:`resource_added`; ``resources`` names some
+    ahead of that)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, resources: Iterable[str] = ()
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         rt = ["resource", "transport"]
@@ -100,6 +116,33 @@ class PrometheusMetrics:
             "How far behind the shared event log this node applied its latest batch.",
             registry=r,
         )
+        for reason in client_error_reasons():
+            self.client_errors.labels(reason)
+        self._resources: set[str] = set()
+        for name in resources:
+            self.resource_added(name)
+
+    def resource_added(self, resource: str) -> None:
+        """Create every series of ``resource`` at 0 (for each transport and reason)."""
+        if resource in self._resources:
+            return
+        self._resources.add(resource)
+        self.published.labels(resource)
+        self.high_water.labels(resource)
+        for reason in DROP_REASONS:
+            self.dropped.labels(resource, reason)
+        for transport in TRANSPORTS:
+            for metric in (
+                self.active,
+                self.opened,
+                self.duration,
+                self.delivered,
+                self.bytes_sent,
+                self.latency,
+            ):
+                metric.labels(resource, transport)
+            for reason in CLOSE_REASONS:
+                self.closed.labels(resource, transport, reason)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

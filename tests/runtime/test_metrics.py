@@ -165,3 +165,112 @@ async def test_the_opentelemetry_exporter() -> None:
     assert points[("watchroutes.watches.opened", rt)] == 1
     assert points[("watchroutes.client_errors", (("reason", "BadRequest"),))] == 1
     assert ("watchroutes.watch.duration", rt) in points
+
+
+def _mounted(metrics: object) -> Hub:
+    """A hub with ``orders`` mounted on its routes (which declares it to the sink)."""
+    hub = Hub(clock=FakeClock(), metrics=metrics)  # type: ignore[arg-type]
+    orders = hub.resource("orders", kind="Order")
+    Starlette(
+        routes=[
+            Route("/orders", watch_endpoint(orders)),
+            WebSocketRoute("/orders", websocket_endpoint(orders)),
+        ]
+    )
+    return hub
+
+
+def test_every_prometheus_series_is_at_zero_from_the_start() -> None:
+    from prometheus_client.metrics_core import Metric
+
+    from watchroutes._core.metrics import (
+        CLOSE_REASONS,
+        DROP_REASONS,
+        TRANSPORTS,
+        client_error_reasons,
+    )
+
+    m = PrometheusMetrics()
+    _mounted(m)
+    families: list[Metric] = list(m.registry.collect())
+    assert families
+    for family in families:  # every family declared has samples, and they are all 0
+        assert family.samples, family.name
+        assert all(s.value == 0 for s in family.samples if not s.name.endswith("_created"))
+    for transport in TRANSPORTS:
+        rt = {"resource": "orders", "transport": transport}
+        for name in (
+            "watchroutes_active_watches",
+            "watchroutes_watches_opened_total",
+            "watchroutes_events_delivered_total",
+            "watchroutes_bytes_sent_total",
+            "watchroutes_watch_duration_seconds_count",
+            "watchroutes_publish_to_write_seconds_count",
+        ):
+            assert m.registry.get_sample_value(name, rt) == 0, (name, rt)
+        for reason in CLOSE_REASONS:
+            labels = {**rt, "reason": reason}
+            assert m.registry.get_sample_value("watchroutes_watches_closed_total", labels) == 0
+    orders = {"resource": "orders"}
+    assert m.registry.get_sample_value("watchroutes_events_published_total", orders) == 0
+    assert m.registry.get_sample_value("watchroutes_buffer_high_water_count", orders) == 0
+    for reason in DROP_REASONS:
+        labels = {"resource": "orders", "reason": reason}
+        assert m.registry.get_sample_value("watchroutes_events_dropped_total", labels) == 0
+    for reason in client_error_reasons():
+        labels = {"reason": reason}
+        assert m.registry.get_sample_value("watchroutes_client_errors_total", labels) == 0
+    assert m.registry.get_sample_value("watchroutes_follower_lag_seconds") == 0
+
+
+def test_resources_named_ahead_and_declared_twice() -> None:
+    m = PrometheusMetrics(resources=["users"])
+    rt = {"resource": "users", "transport": "sse"}
+    assert m.registry.get_sample_value("watchroutes_active_watches", rt) == 0
+    m.watch_opened("users", "sse")
+    m.resource_added("users")  # idempotent: nothing is reset
+    assert m.registry.get_sample_value("watchroutes_active_watches", rt) == 1
+
+
+def test_the_label_values_are_the_ones_the_hub_reports() -> None:
+    from watchroutes._core.metrics import CLOSE_REASONS, client_error_reasons
+    from watchroutes._core.registry import CloseReason
+
+    assert set(CLOSE_REASONS) == {reason.value for reason in CloseReason}
+    reasons = client_error_reasons()
+    assert {"BadRequest", "Expired", "TooManyRequests", "ws-4400", "ws-1009"} <= set(reasons)
+    assert len(reasons) == len(set(reasons))
+
+
+def test_every_opentelemetry_counter_is_at_zero_from_the_start() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from watchroutes._core.metrics import TRANSPORTS
+    from watchroutes.otel import OpenTelemetryMetrics
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    _mounted(OpenTelemetryMetrics(provider.get_meter("test")))
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (metric.name, tuple(sorted((point.attributes or {}).items()))): getattr(
+            point, "value", None
+        )
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        for point in metric.data.data_points
+    }
+    assert all(value == 0 for value in points.values())
+    for transport in TRANSPORTS:
+        rt = (("resource", "orders"), ("transport", transport))
+        for name in ("active", "opened"):
+            assert points[(f"watchroutes.watches.{name}", rt)] == 0, (name, rt)
+        assert points[("watchroutes.watches.closed", (("reason", "client"), *rt))] == 0
+        assert points[("watchroutes.events.delivered", rt)] == 0
+        assert points[("watchroutes.bytes.sent", rt)] == 0
+    assert points[("watchroutes.events.published", (("resource", "orders"),))] == 0
+    assert points[("watchroutes.client_errors", (("reason", "BadRequest"),))] == 0
+    provider.shutdown()

@@ -6,14 +6,56 @@ lock), never on a hot path more than once per event batch, and must not block.
 
 Labels are bounded by design: ``resource`` (the app's resource names), ``transport`` (``sse``,
 ``jsonlines``, ``longpoll``, ``websocket``), ``reason`` (a :class:`CloseReason` value, ``slow``
-or ``coalesced`` for dropped events, or a Status reason for client errors).
+or ``coalesced`` for dropped events, or a Status reason for client errors). So an exporter
+can create every series at 0 before anything happens (a dashboard or an alert sees 0, not a
+missing series): a sink may have ``resource_added(resource)``, called through
+:func:`declare_resource` when a resource is mounted on a route, and take the other label
+values from :data:`TRANSPORTS`, :data:`CLOSE_REASONS`, :data:`DROP_REASONS` and
+:func:`client_error_reasons`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
-__all__ = ["Metrics", "NullMetrics"]
+from .errors import ClientError
+from .websocket import CloseCode
+
+__all__ = [
+    "CLOSE_REASONS",
+    "DROP_REASONS",
+    "TRANSPORTS",
+    "Metrics",
+    "NullMetrics",
+    "client_error_reasons",
+    "declare_resource",
+]
+
+TRANSPORTS: Final = ("sse", "jsonlines", "longpoll", "websocket")
+#: Why a watch ended (the values of ``CloseReason``).
+CLOSE_REASONS: Final = ("client", "timeout", "slow", "shutdown", "error", "unavailable")
+DROP_REASONS: Final = ("slow", "coalesced")
+
+
+def client_error_reasons() -> tuple[str, ...]:
+    """Every ``reason`` of ``client_error``: the Status reasons of every ``ClientError``, and
+    ``ws-<code>`` for each close code a WebSocket gets for the client's fault."""
+    reasons: list[str] = []
+    pending: list[type[ClientError]] = [ClientError]
+    while pending:
+        cls = pending.pop()
+        if cls.reason not in reasons:
+            reasons.append(cls.reason)
+        pending.extend(cls.__subclasses__())
+    codes = [code for code in CloseCode if code >= 4400 or code is CloseCode.TOO_BIG]
+    return (*sorted(reasons), *(f"ws-{code.value}" for code in codes))
+
+
+def declare_resource(metrics: object, resource: str) -> None:
+    """Tell ``metrics`` of a resource (its ``resource_added``, when it has one); idempotent."""
+    added = getattr(metrics, "resource_added", None)
+    if callable(added):
+        added(resource)
 
 
 class Metrics(Protocol):
@@ -57,6 +99,9 @@ class Metrics(Protocol):
 
 class NullMetrics:
     """The default sink: records nothing."""
+
+    def resource_added(self, resource: str) -> None:
+        pass
 
     def watch_opened(self, resource: str, transport: str) -> None:
         pass

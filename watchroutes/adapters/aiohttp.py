@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from .._core.errors import BadRequest, ClientError
+from .._core.metrics import declare_resource
 from .._core.params import Mode
 from .._runtime.hub import Hub, RequestInfo, Resource
 from .._runtime.reply import (
@@ -173,6 +174,8 @@ def watchable(
     ``websocket`` is false. Works on a handler that takes the request as its last positional
     argument (also a method of a class), and on the ``get`` method of a ``web.View``.
     """
+
+    declare_resource(resource.hub.metrics, resource.name)  # its series exist from now on
 
     def decorate(handler: H) -> H:
         @functools.wraps(handler)
@@ -416,6 +419,9 @@ def setup(app: web.Application, *hubs: Hub) -> None:
     Each hub runs in a task of its own from startup to cleanup, so aiohttp may run its
     startup and cleanup signals in different tasks.
     """
+    for hub in hubs:
+        for name in hub.resources:
+            declare_resource(hub.metrics, name)
     app.cleanup_ctx.append(functools.partial(_run_hubs, hubs))
 
     async def end_streams(app: web.Application) -> None:

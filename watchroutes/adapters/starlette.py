@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 import contextlib
 
 from .._core.errors import BadRequest, ClientError
+from .._core.metrics import declare_resource
 from .._core.params import Mode
 from .._runtime.hub import RequestInfo, Resource
 from .._runtime.reply import (
@@ -156,6 +157,8 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
     The decorated function runs only for plain GETs; its responses get ``Vary: Accept``.
     """
 
+    declare_resource(resource.hub.metrics, resource.name)  # its series exist from now on
+
     def decorate(func: F) -> F:
         signature = inspect.signature(func)
         try:  # resolve string annotations (``from __future__ import annotations``)
@@ -212,6 +215,7 @@ def watch_endpoint(
     resource: Resource, *, key: str | None = None
 ) -> Callable[[Request], Awaitable[Response]]:
     """A complete endpoint: the library's list (or object) body, or a watch."""
+    declare_resource(resource.hub.metrics, resource.name)
 
     async def endpoint(request: Request) -> Response:
         info = request_info(request, key)
@@ -361,6 +365,7 @@ def websocket_endpoint(
     checks credentials; ``limits`` overrides the per-socket limits and the ``Origin``
     allow-list (default: the request's own origin).
     """
+    declare_resource(resource.hub.metrics, resource.name)
 
     async def endpoint(websocket: WebSocket) -> None:
         check = None
