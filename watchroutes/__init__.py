@@ -14,6 +14,7 @@ from ._core.errors import Conflict as Conflict
 from ._core.errors import Expired as Expired
 from ._core.errors import Forbidden as Forbidden
 from ._core.errors import InternalError as InternalError
+from ._core.errors import Invalid as Invalid
 from ._core.errors import InvalidParameter as InvalidParameter
 from ._core.errors import InvalidResourceVersion as InvalidResourceVersion
 from ._core.errors import InvalidSelector as InvalidSelector
@@ -54,6 +55,7 @@ __all__ = (
     "Hub",
     "HubStatistics",
     "InternalError",
+    "Invalid",
     "InvalidParameter",
     "InvalidResourceVersion",
     "InvalidSelector",

@@ -17,6 +17,7 @@ The tree::
         ├── Expired                   410
         ├── RequestEntityTooLarge     413
         ├── UnsupportedMediaType      415
+        ├── Invalid                   422  (an object's name or labels)
         ├── TooManyRequests           429  (retryable)
         ├── InternalError             500
         ├── ServiceUnavailable        503  (retryable)
@@ -170,6 +171,13 @@ class Conflict(ClientError):
 class Expired(ClientError):
     code = 410
     reason = "Expired"
+
+
+class Invalid(ClientError):
+    """An object that breaks the object rules (its name, its labels): Kubernetes' 422."""
+
+    code = 422
+    reason = "Invalid"
 
 
 class RequestEntityTooLarge(ClientError):

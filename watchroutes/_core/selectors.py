@@ -52,6 +52,8 @@ __all__ = [
     "Filter",
     "IndexTerm",
     "compile_filter",
+    "label_key_problem",
+    "label_value_problem",
     "object_index_terms",
 ]
 
@@ -523,42 +525,49 @@ def _unexpected(token: _Token, expected: str) -> NoReturn:
     raise InvalidSelector(_LABEL, f"unexpected {_quote(text)} at {pos}: expected {expected}")
 
 
-def _check_label_key(key: str, pos: int) -> None:
-    def bad(problem: str) -> NoReturn:
-        raise InvalidSelector(_LABEL, f"invalid label key {_quote(key)} at {pos}: {problem}")
-
+def label_key_problem(key: str) -> str | None:
+    """What is wrong with a label key by Kubernetes' rules (``None``: nothing)."""
     prefix, slash, name = key.rpartition("/")
     if slash:
         if "/" in prefix:
-            bad('a qualified name must contain at most one "/"')
+            return 'a qualified name must contain at most one "/"'
         if not prefix:
-            bad("prefix part must not be empty")
+            return "prefix part must not be empty"
         if len(prefix) > _MAX_PREFIX:
-            bad(f"prefix part must be no more than {_MAX_PREFIX} characters")
+            return f"prefix part must be no more than {_MAX_PREFIX} characters"
         if not _DNS_SUBDOMAIN_RE.fullmatch(prefix):
-            bad(
+            return (
                 "prefix part must be a lowercase DNS subdomain: lowercase alphanumeric "
                 "characters, '-' or '.', starting and ending with an alphanumeric character"
             )
     if not name:
-        bad("name part must not be empty")
+        return "name part must not be empty"
     if len(name) > _MAX_NAME:
-        bad(f"name part must be no more than {_MAX_NAME} characters")
+        return f"name part must be no more than {_MAX_NAME} characters"
     if not _NAME_RE.fullmatch(name):
-        bad(f"name part must {_NAME_RULE}")
+        return f"name part must {_NAME_RULE}"
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    """What is wrong with a label value by Kubernetes' rules (``None``: nothing)."""
+    if len(value) > _MAX_NAME:
+        return f"must be no more than {_MAX_NAME} characters"
+    if value and not _NAME_RE.fullmatch(value):
+        return f"must be empty or {_NAME_RULE}"
+    return None
+
+
+def _check_label_key(key: str, pos: int) -> None:
+    problem = label_key_problem(key)
+    if problem is not None:
+        raise InvalidSelector(_LABEL, f"invalid label key {_quote(key)} at {pos}: {problem}")
 
 
 def _check_label_value(value: str, pos: int) -> None:
-    if len(value) > _MAX_NAME:
-        raise InvalidSelector(
-            _LABEL,
-            f"invalid label value {_quote(value)} at {pos}: "
-            f"must be no more than {_MAX_NAME} characters",
-        )
-    if value and not _NAME_RE.fullmatch(value):
-        raise InvalidSelector(
-            _LABEL, f"invalid label value {_quote(value)} at {pos}: must be empty or {_NAME_RULE}"
-        )
+    problem = label_value_problem(value)
+    if problem is not None:
+        raise InvalidSelector(_LABEL, f"invalid label value {_quote(value)} at {pos}: {problem}")
 
 
 _AFTER_KEY: Final = '"=", "==", "!=", "in", "notin", "," or end of selector'

@@ -40,7 +40,7 @@ from .._core.errors import (
 from .._core.events import Entry, EventType, Frame, encode
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.metrics import Metrics, NullMetrics
-from .._core.objects import merge_patch, object_rv
+from .._core.objects import NameRule, check_object, merge_patch, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.registry import DEFAULT_BUFFER_SIZE, CloseReason, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
@@ -136,9 +136,12 @@ class Resource:
         snapshot: Snapshot | None,
         cache: bool,
         slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
+        names: NameRule = "subdomain",
     ) -> None:
         self.hub = hub
         self.slow_consumer = slow_consumer
+        #: How object names (keys) are checked on every write (``watchroutes._core.objects``).
+        self.names = names
         self.name = name
         self.kind = kind
         self.api_version = api_version
@@ -270,11 +273,17 @@ class Hub:
         retention_events: int | None = None,
         retention_seconds: float | None = None,
         slow_consumer: str = "disconnect",
+        names: NameRule = "subdomain",
     ) -> Resource:
         """Register a watchable resource. ``kind`` defaults to the name, singular-cased
         (``orders`` -> ``Order``); ``snapshot`` replaces the watch cache as state source;
         ``slow_consumer`` is the policy for a watcher past its buffer: ``"disconnect"`` (it
-        resumes) or ``"coalesce"`` (newer events replace queued ones of the same key)."""
+        resumes) or ``"coalesce"`` (newer events replace queued ones of the same key);
+        ``names`` the rule every object name (key) must follow: ``"subdomain"`` (Kubernetes'
+        DNS subdomain, the default), ``"segment"`` (any safe URL path segment) or a function
+        returning what is wrong with a name (``None``: nothing)."""
+        if not (callable(names) or names in ("subdomain", "segment")):
+            raise UsageError(f"names must be 'subdomain', 'segment' or a function, not {names!r}")
         if not name or "/" in name:
             raise UsageError("a resource name is a non-empty string without '/'")
         try:
@@ -294,6 +303,7 @@ class Hub:
                 snapshot=snapshot,
                 cache=cache,
                 slow_consumer=policy,
+                names=names,
             )
             self.resources[name] = res
             return res
@@ -373,7 +383,25 @@ class Hub:
             return self._shared(self.apublish, resource, etype, obj, key=key)
         return self._call(self._append, resource, etype, obj, key).object
 
-    def _append(self, resource: str, etype: EventType, obj: Any, key: str | None) -> Entry:
+    def _check(
+        self, resource: str, etype: EventType, obj: Any, key: str | None, creating: bool = False
+    ) -> None:
+        """The object rules (``watchroutes._core.objects``), the same on every log."""
+        if etype is EventType.DELETED:
+            return
+        res = self._resource(resource)
+        name = key if key is not None else object_key(obj)
+        check_object(obj, name, kind=res.kind, names=res.names, creating=creating)
+
+    def _append(
+        self,
+        resource: str,
+        etype: EventType,
+        obj: Any,
+        key: str | None,
+        creating: bool = False,
+    ) -> Entry:
+        self._check(resource, etype, obj, key, creating)
         clock = self.clock
         state = self.state
         now = clock.now()
@@ -391,8 +419,8 @@ class Hub:
     def _create(self, resource: str, obj: dict[str, Any]) -> Any:
         key = _key_of(obj)
         if self.state.get(resource, key) is not None:
-            raise AlreadyExists(f'{resource} "{key}" already exists')
-        return self._append(resource, EventType.ADDED, obj, key).object
+            raise AlreadyExists(f'{resource} "{key[:100]}" already exists')
+        return self._append(resource, EventType.ADDED, obj, key, creating=True).object
 
     def replace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
         """Replace an existing object; ``NotFound`` if missing, ``Conflict`` on a stale rv."""
@@ -445,6 +473,9 @@ class Hub:
         if self._replica is not None:
             raise UsageError("with a shared log, seed with await resource.aseed(objects)")
         clock = self.clock
+        objects = list(objects)
+        for obj in objects:
+            self._check(resource, EventType.ADDED, obj, None)
         with self._lock:
             return self.state.seed(resource, objects, now=clock.now(), now_us=clock.time_us())
 
@@ -481,7 +512,8 @@ class Hub:
         if self._replica is None:
             return self.create(resource, obj)
         body = _body(obj)
-        return await self._write(resource, EventType.ADDED, _key_of(body), body, ABSENT)
+        key = _key_of(body)
+        return await self._write(resource, EventType.ADDED, key, body, ABSENT, creating=True)
 
     async def areplace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
         if self._replica is None:
@@ -539,7 +571,14 @@ class Hub:
         raise Conflict(_conflict_message(resource, key, given, current.rv))
 
     async def _write(
-        self, resource: str, etype: EventType, key: str, obj: Any, expect: Expect = None
+        self,
+        resource: str,
+        etype: EventType,
+        key: str,
+        obj: Any,
+        expect: Expect = None,
+        *,
+        creating: bool = False,
     ) -> Any:
         replica = self._replica
         assert replica is not None
@@ -547,6 +586,7 @@ class Hub:
         self._resource(resource)
         body = None
         if obj is not None:
+            self._check(resource, etype, obj, key, creating)
             try:
                 body = encode(obj)
             except (TypeError, ValueError) as exc:
