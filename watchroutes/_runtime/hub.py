@@ -112,6 +112,8 @@ class HubStatistics(NamedTuple):
     events_published: int
     cached_objects: int
     evicted_young: int
+    #: Times this node reloaded a shared log because it had fallen behind its retention.
+    follower_reloads: int = 0
 
 
 class RequestInfo(NamedTuple):
@@ -223,6 +225,7 @@ class Hub:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         backend: LogBackend | str | None = None,
+        handle_signals: bool = True,
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
@@ -259,6 +262,8 @@ class Hub:
         self.backend: LogBackend | None = backend
         self._replica = None if backend is None else Replica(self, backend)
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Chain SIGINT/SIGTERM to :meth:`begin_shutdown` while started (see ``signals``).
+        self.handle_signals = handle_signals
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -326,9 +331,15 @@ class Hub:
             await tg.__aenter__()
             self._task_group = tg
             await self._replica.start(tg)
+        from .lifecycle import hub_started
+
+        hub_started(self)  # chain the exit signals; warn about one log per worker
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        from .lifecycle import hub_stopping
+
+        hub_stopping(self)  # give back the signal handlers
         await self.aclose()
         tg, self._task_group = self._task_group, None
         if tg is not None:
@@ -679,6 +690,7 @@ class Hub:
                 events_published=state.published,
                 cached_objects=sum(len(log.state) for log in state.logs.values()),
                 evicted_young=sum(log.evicted_young for log in state.logs.values()),
+                follower_reloads=0 if self._replica is None else self._replica.reloads,
             )
 
     # -- requests ------------------------------------------------------------------------------
