@@ -255,8 +255,9 @@ async def read_body(request: Request, *, limit: int = DEFAULT_MAX_BODY_BYTES) ->
     server error."""
     counter = BodyLimit(limit, request.headers.get("content-length"))
     try:
-        async for chunk in request.stream():
-            counter.feed(chunk)
+        async with contextlib.aclosing(request.stream()) as chunks:  # closed when refused
+            async for chunk in chunks:
+                counter.feed(chunk)
     except ClientDisconnect:
         raise BadRequest("the client disconnected before the end of the body") from None
     return counter.body()
