@@ -1,4 +1,4 @@
-"""Plain servers end open watches on their exit signal (DESIGN 5.6), with the hub entered in
+"""Plain servers end open watches on their exit signal (protocol.md §5.6), with the hub entered in
 the app's lifespan and nothing else: ``uvicorn mod:app``, ``fastapi run``, ``hypercorn
 mod:app``, each a real process on 127.0.0.1 (``plain_server_app``). Also: the hub's chaining
 of the process's signal handlers, in this process, and the warning a hub on the in-memory log
@@ -61,6 +61,16 @@ def _command(server: str, port: int) -> list[str]:
     if server == "fastapi":
         path = "tests/runtime/plain_server_app.py"
         return [*python, "fastapi", "run", path, "--app", "fastapi_app", "--port", str(port)]
+    if server == "uvicorn-Server":  # watchroutes' Server and the lifespan both enter the hub
+        script = (
+            "import contextlib, uvicorn\n"
+            f"from {APP} import app, hub\n"
+            "from watchroutes.adapters.uvicorn import Server\n"
+            f"config = uvicorn.Config(app, host='127.0.0.1', port={port})\n"
+            "with contextlib.suppress(KeyboardInterrupt):\n"
+            "    Server(config, hubs=[hub]).run()\n"
+        )
+        return [sys.executable, "-c", script]
     bind = ["--bind", f"127.0.0.1:{port}"]
     if server == "hypercorn":  # a supervisor and one worker process (hypercorn's default)
         return [*python, "hypercorn", f"{APP}:app", *bind]
@@ -278,6 +288,7 @@ def _ends_watches(server: str, signum: int, *, group: bool) -> float:
     [
         pytest.param("uvicorn", signal.SIGINT, True, id="uvicorn-ctrl-c"),
         pytest.param("uvicorn", signal.SIGTERM, False, id="uvicorn-sigterm"),
+        pytest.param("uvicorn-Server", signal.SIGINT, True, id="uvicorn-Server-and-lifespan"),
         pytest.param("fastapi", signal.SIGINT, True, id="fastapi-run-ctrl-c"),
         pytest.param("hypercorn", signal.SIGINT, True, id="hypercorn-ctrl-c"),
         pytest.param("hypercorn", signal.SIGTERM, False, id="hypercorn-sigterm-supervisor"),

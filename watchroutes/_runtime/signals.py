@@ -1,4 +1,4 @@
-"""Ending the watches on the server's exit signal, however the app is run (DESIGN 5.6).
+"""Ending the watches on the server's exit signal, however the app is run (protocol.md §5.6).
 
 uvicorn sends the ASGI lifespan shutdown only after every connection has closed, so a hub
 closed from the lifespan waits for watch streams that never end; hypercorn cancels them after

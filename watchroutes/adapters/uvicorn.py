@@ -1,10 +1,12 @@
-"""Hubs' lifecycle and graceful shutdown under uvicorn (DESIGN 5.6).
+"""Hubs' lifecycle and graceful shutdown under uvicorn run from Python (protocol.md §5.6).
 
 This ``Server`` starts its hubs before serving (a hub on a shared log loads it and starts its
-follower), and ends the hubs' streams (final bookmark, then the end; clients resume elsewhere)
-as soon as the exit signal arrives, before uvicorn starts waiting for connections: uvicorn
-sends the ASGI lifespan shutdown only after every connection has closed, so a hub closed from
-the lifespan would wait for watch streams that never end::
+follower), ends the hubs' streams (final bookmark, then the end; clients resume elsewhere) as
+soon as the exit signal arrives, before uvicorn starts waiting for connections, and can print
+a readiness line (``announce=True``). A hub entered in the app's lifespan does the same on its
+own under plain ``uvicorn app:app`` (it chains the exit signals' handlers while it runs, see
+``watchroutes._runtime.signals``); both together are fine, since beginning a shutdown twice is
+harmless::
 
     config = uvicorn.Config(app, host="127.0.0.1", port=8000)
     Server(config, hubs=[hub]).run()
