@@ -225,7 +225,14 @@ class Informer:
         assert task_group is not None
         self._task_group = None
         task_group.cancel_scope.cancel()
-        await task_group.__aexit__(exc_type, exc, tb)
+        # The body's own exception is not handed to the task group, which would wrap it in an
+        # ExceptionGroup: it propagates as it is once the run has stopped.
+        try:
+            await task_group.__aexit__(None, None, None)
+        except BaseExceptionGroup as group:
+            if exc is None and len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         if exc is None and self._error is not None:
             raise self._error
 
