@@ -56,6 +56,7 @@ class WatchStream:
         "_scope",
         "hub",
         "meter",
+        "on_cancel",
         "session",
         "subscription",
     )
@@ -78,33 +79,47 @@ class WatchStream:
         self._cancelled = False
         self._interrupted: CloseReason | None = None
         self._finished = False
+        #: Called (from any thread) when the stream is cancelled or interrupted: how a pump
+        #: that does not run in a cancel scope (the blocking driver's) is woken to stop.
+        self.on_cancel: Callable[[], None] | None = None
         hub._track(self)
 
     @property
     def watches(self) -> int:
         return 1
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the pump was told to stop at once (shutdown grace exceeded, peer gone)."""
+        return self._cancelled or self._interrupted is not None
+
     def cancel(self) -> None:
         """Stop the pump at once (shutdown grace exceeded)."""
         self._cancelled = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._stop_pump()
 
     def interrupt(self, reason: CloseReason = CloseReason.CLIENT) -> None:
         """End the pump at once, even in the middle of a write (the peer went away)."""
         if self._interrupted is None:
             self._interrupted = reason
+        self._stop_pump()
+
+    def _stop_pump(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def on_shutdown(self) -> None:
         """The hub began shutting down (the subscription's close already wakes the pump)."""
 
     def discard(self) -> None:
         """Release a stream that will never run (the adapter could not start it)."""
-        self._finish(CloseReason.CLIENT)
+        self.finish(CloseReason.CLIENT)
 
-    def _finish(self, reason: CloseReason) -> None:
+    def finish(self, reason: CloseReason) -> None:
+        """Release the watch (its subscription, its place in shutdown); idempotent, and
+        callable from any thread."""
         if self._finished:
             return
         self._finished = True
@@ -114,7 +129,7 @@ class WatchStream:
                 self.session.close(reason)
             hub.state.close_watch(self.subscription, reason)
         self.meter.closed(reason.value)
-        hub._untrack(self)
+        hub._call(hub._untrack, self)  # on the loop: shutdown may be waiting for it
 
     async def run(self, send: Send) -> None:
         """Write the stream with ``send`` until it ends; never raises for a vanished peer."""
@@ -138,7 +153,7 @@ class WatchStream:
                     logger.info("watch %s: write timed out", self.subscription.id)
                 elif scope.cancel_called:
                     reason = self._cancel_reason()
-                self._finish(reason)
+                self.finish(reason)
 
     def _cancel_reason(self) -> CloseReason:
         if self._cancelled:

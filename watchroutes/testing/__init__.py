@@ -1,4 +1,5 @@
-"""Test support: an in-memory client for endless streams, a fake clock, an SSE parser.
+"""Test support: in-memory clients for endless streams (ASGI and WSGI), a fake clock, an SSE
+parser.
 
 The pytest plugin (``watchroutes.testing.plugin``, registered automatically) provides the
 ``fake_clock`` and ``watch_hub`` fixtures.
@@ -14,6 +15,8 @@ from ._sse import SSEMessage as SSEMessage
 from ._sse import SSEParser as SSEParser
 from ._websocket import TestWebSocket as TestWebSocket
 from ._websocket import WebSocketClosed as WebSocketClosed
+from ._wsgi import WSGIClient as WSGIClient
+from ._wsgi import WSGIStream as WSGIStream
 
 __all__ = (
     "FakeClock",
@@ -22,6 +25,8 @@ __all__ = (
     "StreamResponse",
     "TestResponse",
     "TestWebSocket",
+    "WSGIClient",
+    "WSGIStream",
     "WatchClient",
     "WebSocketClosed",
 )
