@@ -29,7 +29,8 @@ from ._oracle import History, ListCheck, Obj, Rec, Write
 TRANSPORTS: Final = ("sse", "jsonlines", "longpoll", "websocket")
 #: Any single read; with a 1 s heartbeat a healthy stream is never silent this long.
 READ_TIMEOUT: Final = 3.0
-WRITE_TIMEOUT: Final = 2.5
+#: Longer than a node's own wait for its follower (3 s), so a write's answer is always read.
+WRITE_TIMEOUT: Final = 5.0
 LONGPOLL_SECONDS: Final = 1
 PROTOCOL: Final = Subprotocol("watchroutes.v1")
 _NETWORK = (httpx.HTTPError, WebSocketException, OSError, TimeoutError, json.JSONDecodeError)

@@ -43,6 +43,8 @@ WATCHERS: Final = (
     ("websocket", "region=eu"),
 )
 CATCH_UP: Final = 20.0
+#: The longest SIGSTOP (a write sent to the paused node waits for it).
+PAUSE: Final = 1.5
 MARKER_TIMEOUT: Final = 30.0
 
 
@@ -58,10 +60,16 @@ class Options:
     writers: int = 2
     writes: tuple[int, int] = (5, 12)
     faults: tuple[str, ...] = ()  # only these kinds (default: all of the engine's)
+    #: Schedule ``first + i`` gets the fault ``sequence[i % len(sequence)]`` (the other draws
+    #: stay those of the seed, so ``--faults KIND`` replays it).
+    sequence: tuple[str, ...] = ()
     verbose: bool = False
 
     def replay(self, index: int) -> str:
-        only = f" --faults {','.join(self.faults)}" if self.faults else ""
+        faults = self.faults
+        if self.sequence:
+            faults = (self.sequence[(index - self.first) % len(self.sequence)],)
+        only = f" --faults {','.join(faults)}" if faults else ""
         return (
             f"python -m tests.faults --engine {self.engine} --seed {self.seed} "
             f"--first {index} --schedules 1 --nodes {self.nodes} --retention {self.retention}"
@@ -128,10 +136,12 @@ class Run:
     def run(self) -> Tally:
         began = time.monotonic()
         first = self.options.first
-        self._settle(first)  # every watcher has its initial state before the first fault
-        for index in range(first, first + self.options.schedules):
-            self.schedule(index)
-        self.seconds = time.monotonic() - began
+        try:
+            self._settle(first)  # every watcher has its initial state before the first fault
+            for index in range(first, first + self.options.schedules):
+                self.schedule(index)
+        finally:
+            self.seconds = time.monotonic() - began
         return self.tally
 
     def schedule(self, index: int) -> None:
@@ -142,6 +152,9 @@ class Run:
         if self.options.faults:
             kinds = {k: w for k, w in kinds.items() if k in self.options.faults}
         kind = rng.choices(list(kinds), list(kinds.values()))[0]
+        if self.options.sequence:
+            sequence = self.options.sequence
+            kind = sequence[(index - self.options.first) % len(sequence)]
         counts = [rng.randint(*self.options.writes) for _ in self.writers]
         if kind == "pause":  # compaction during the pause: more writes than the log keeps
             counts = [max(c, self.options.retention // len(counts) + 3) for c in counts]
@@ -199,8 +212,9 @@ class Run:
             return f"SIGTERM {node}"
         if kind == "pause":
             node.pause()
+            until = time.monotonic() + PAUSE  # the writes go on elsewhere meanwhile
             for thread in writers:
-                thread.join(60)
+                thread.join(max(0.0, until - time.monotonic()))
             time.sleep(rng.uniform(0.0, 0.3))
             node.resume()
             return f"SIGSTOP/SIGCONT {node}"
