@@ -184,3 +184,23 @@ def test_timeout_seconds_ends_the_stream_cleanly(runner: HubThread) -> None:
     with client.stream("GET", "/orders", params={"watch": "true", "timeoutSeconds": "1"}) as s:
         assert s.read() == b""
     assert time.monotonic() - started < 5
+
+
+def test_past_max_watches_a_watch_is_told_to_retry() -> None:
+    """A watch holds a WSGI thread: past the hub's ``max_watches`` a new one is refused with
+    a retryable 503 (SSE: 200 with ``retry:`` and an ERROR event), and plain GETs still work."""
+    hub = Hub(heartbeat=HEARTBEAT, max_watches=1)
+    hub.resource("orders", kind="Order")
+    with HubThread(hub) as runner:
+        client = WSGIClient(make_app(runner))
+        with client.stream("GET", "/orders", params={"watch": "true"}) as held:
+            assert held.status == 200
+            refused = client.get("/orders", params={"watch": "true"})
+            assert refused.status == 503
+            assert refused.headers["retry-after"] == "2"
+            assert refused.json()["reason"] == "ServiceUnavailable"
+            sse = client.get("/orders", headers={"accept": "text/event-stream"})
+            assert sse.status == 200
+            assert sse.body.startswith(b"retry: 2000\n\ndata: ")
+            assert b'"type":"ERROR"' in sse.body
+            assert client.get("/orders").status == 200  # a plain list is not a watch

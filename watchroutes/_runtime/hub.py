@@ -84,6 +84,8 @@ DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 #: On a shared log, how long shutdown waits for this node to apply the writes it
 #: acknowledged before it ends the streams with their final bookmarks.
 SHUTDOWN_APPLY_WAIT: Final = 1.0
+#: Seconds a watch refused for capacity (``max_watches``) is told to wait before retrying.
+CAPACITY_RETRY_AFTER: Final = 2
 
 Snapshot = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
 
@@ -226,6 +228,7 @@ class Hub:
         metrics: Metrics | None = None,
         backend: LogBackend | str | None = None,
         handle_signals: bool = True,
+        max_watches: int | None = None,
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
@@ -264,6 +267,12 @@ class Hub:
         self._task_group: anyio.abc.TaskGroup | None = None
         #: Chain SIGINT/SIGTERM to :meth:`begin_shutdown` while started (see ``signals``).
         self.handle_signals = handle_signals
+        if max_watches is not None and max_watches < 1:
+            raise ValueError("max_watches must be positive (or None: no limit)")
+        #: The most watches this process serves at once (``None``: no limit). Under a
+        #: threaded WSGI server each watch holds a thread: keep it below the thread count so
+        #: plain requests still find one. Past it a new watch gets a retryable 503.
+        self.max_watches = max_watches
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -717,6 +726,11 @@ class Hub:
             mode = parsed.mode
             if mode is Mode.LIST:
                 return None
+            if self.max_watches is not None and len(self.state.registry) >= self.max_watches:
+                raise ServiceUnavailable(
+                    "this server is serving as many watches as it can; try again",
+                    retry_after=CAPACITY_RETRY_AFTER,
+                )
             if mode is Mode.LONGPOLL:
                 from .longpoll import answer_longpoll
 

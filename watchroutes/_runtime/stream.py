@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -34,7 +34,14 @@ from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply
 if TYPE_CHECKING:
     from .hub import Hub, Resource
 
-__all__ = ["Disconnected", "WatchStream", "open_session", "open_stream", "serve"]
+__all__ = [
+    "Disconnected",
+    "WatchStream",
+    "open_session",
+    "open_stream",
+    "serve",
+    "stream_chunks",
+]
 
 logger = logging.getLogger("watchroutes")
 
@@ -198,6 +205,47 @@ class WatchStream:
                 await anyio.lowlevel.checkpoint()
                 continue
             await alarm.wait(session.deadline())
+
+
+async def stream_chunks(stream: WatchStream) -> AsyncIterator[bytes]:
+    """The pull form of a watch: its bytes as an async iterator, for frameworks whose
+    streaming responses consume one (Django's ``StreamingHttpResponse`` under ASGI). The
+    consumer writes (and times its writes); the iterator waits on the subscription and the
+    session's deadline as :meth:`WatchStream.run` does. ``aclose()`` releases the watch."""
+    hub = stream.hub
+    now = hub.clock.now
+    lock = hub._lock
+    state = hub.state
+    session = stream.session
+    sub = stream.subscription
+    meter = stream.meter
+    alarm = make_alarm(hub.clock, hub.write_timeout, lambda: None)
+    sub.waker = alarm.set
+    stream.on_cancel = alarm.set
+    reason = CloseReason.CLIENT
+    try:
+        while True:
+            if stream.cancelled:
+                reason = stream._cancel_reason()
+                return
+            with lock:
+                oldest = sub.oldest_time() if meter.per_write else None
+                data = session.step(now(), state.head)
+            if data:
+                yield data
+                if meter.per_write:
+                    meter.wrote(len(data), oldest)
+            if session.closed:
+                reason = session.close_reason or CloseReason.TIMEOUT
+                return
+            if session.ready:
+                await anyio.lowlevel.checkpoint()
+                continue
+            await alarm.wait(session.deadline())
+    finally:
+        alarm.close()
+        stream.on_cancel = None
+        stream.finish(reason)
 
 
 async def serve(
