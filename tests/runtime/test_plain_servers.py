@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +34,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from watchroutes import Hub
 from watchroutes._runtime import lifecycle, signals
+from watchroutes.backends.memory import MemoryLog
 from watchroutes.testing import SSEMessage, SSEParser
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -45,33 +46,30 @@ READ_TIMEOUT: Final = 5.0
 INITIAL_EVENTS_END: Final = "k8s.io/initial-events-end"
 SELECTOR: Final = "labelSelector=team%3Da"
 WARNING_TEXT: Final = "each worker has its own log"
+#: How each server says where it listens (uvicorn, fastapi-cli and hypercorn alike).
+LISTENING: Final = re.compile(r"http://127\.0\.0\.1:(\d+)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _command(server: str, port: int) -> list[str]:
+def _command(server: str) -> list[str]:
+    """The command line that runs ``server`` on 127.0.0.1, on a port of its choice (0)."""
     python = [sys.executable, "-m"]
+    port = ["--host", "127.0.0.1", "--port", "0"]
     if server == "uvicorn":
-        return [*python, "uvicorn", f"{APP}:app", "--host", "127.0.0.1", "--port", str(port)]
+        return [*python, "uvicorn", f"{APP}:app", *port]
     if server == "fastapi":
         path = "tests/runtime/plain_server_app.py"
-        return [*python, "fastapi", "run", path, "--app", "fastapi_app", "--port", str(port)]
+        return [*python, "fastapi", "run", path, "--app", "fastapi_app", *port]
     if server == "uvicorn-Server":  # watchroutes' Server and the lifespan both enter the hub
         script = (
             "import contextlib, uvicorn\n"
             f"from {APP} import app, hub\n"
             "from watchroutes.adapters.uvicorn import Server\n"
-            f"config = uvicorn.Config(app, host='127.0.0.1', port={port})\n"
+            "config = uvicorn.Config(app, host='127.0.0.1', port=0)\n"
             "with contextlib.suppress(KeyboardInterrupt):\n"
             "    Server(config, hubs=[hub]).run()\n"
         )
         return [sys.executable, "-c", script]
-    bind = ["--bind", f"127.0.0.1:{port}"]
+    bind = ["--bind", "127.0.0.1:0"]
     if server == "hypercorn":  # a supervisor and one worker process (hypercorn's default)
         return [*python, "hypercorn", f"{APP}:app", *bind]
     assert server == "hypercorn-w0"  # the server in this process: asyncio's signal handlers
@@ -82,8 +80,8 @@ class Process:
     """A server in its own session (so that a signal can go to its whole group, as Ctrl-C in
     a terminal does), its output in a temporary file; killed, group and all, at the end."""
 
-    def __init__(self, command: list[str], port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, command: list[str]) -> None:
+        self.port = 0
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb", "NO_COLOR": "1"}
         env.pop("WEB_CONCURRENCY", None)
@@ -96,11 +94,22 @@ class Process:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def wait_ready(self) -> None:
+        """Wait for the server's "running on http://127.0.0.1:PORT" line, then for an answer."""
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"the server exited at start:\n{self.output()}")
+            if not self.port:
+                ports = {int(p) for p in LISTENING.findall(self.output())} - {0}
+                self.port = ports.pop() if ports else 0
+            if not self.port:
+                time.sleep(0.05)
+                continue
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base}/orders", timeout=1).status_code == 200:
                     return
@@ -130,8 +139,8 @@ class Process:
 
 
 @contextlib.contextmanager
-def running(command: list[str], port: int) -> Iterator[Process]:
-    process = Process(command, port)
+def running(command: list[str]) -> Iterator[Process]:
+    process = Process(command)
     try:
         process.wait_ready()
         yield process
@@ -242,15 +251,14 @@ def _create(base: str, name: str, team: str) -> str:
 
 def _ends_watches(server: str, signum: int, *, group: bool) -> float:
     """Run ``server`` with three watches open, signal it; the seconds it took to exit."""
-    port = _free_port()
     with (
-        running(_command(server, port), port) as process,
+        running(_command(server)) as process,
         httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT)) as client,
     ):
         base = process.base
         sse = SSE(client, f"{base}/orders?{SELECTOR}")
         lines = Lines(client, f"{base}/orders?watch=true&allowWatchBookmarks=true&{SELECTOR}")
-        ws_url = f"ws://127.0.0.1:{port}/orders?allowWatchBookmarks=true&{SELECTOR}"
+        ws_url = f"ws://127.0.0.1:{process.port}/orders?allowWatchBookmarks=true&{SELECTOR}"
         with connect(ws_url, open_timeout=READ_TIMEOUT, close_timeout=1) as ws:
             sse.until(lambda b: (e := _sse_envelope(b)) is not None and _initial_end(e))
             lines.until(_initial_end)
@@ -304,11 +312,10 @@ def test_plain_server_ends_watches_on_exit_signal(server: str, signum: int, grou
 
 
 @pytest.mark.network
-@pytest.mark.parametrize("workers", [2, 1])
-def test_multi_worker_warning(workers: int) -> None:
-    port = _free_port()
-    command = [*_command("uvicorn", port), "--workers", str(workers)]
-    with running(command, port) as process:
+@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 2), ("uvicorn", 1), ("hypercorn", 2)])
+def test_multi_worker_warning(server: str, workers: int) -> None:
+    command = [*_command(server), "--workers", str(workers)]
+    with running(command) as process:
         deadline = time.monotonic() + READY_TIMEOUT
         while workers > 1 and process.output().count(WARNING_TEXT) < workers:
             assert time.monotonic() < deadline, process.output()
@@ -320,7 +327,7 @@ def test_multi_worker_warning(workers: int) -> None:
     assert output.count(WARNING_TEXT) == (workers if workers > 1 else 0), output
     if workers > 1:
         assert 'Hub(backend="redis://..."' in output
-        assert f"uvicorn --workers {workers}" in output
+        assert f"{server} --workers {workers}" in output
 
 
 @pytest.mark.parametrize(
@@ -470,6 +477,35 @@ def test_trio_loop() -> None:
     original = signal.signal(signal.SIGTERM, previous)
     try:
         anyio.run(main, backend="trio")
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_shared_log_hub_begins_shutdown_on_the_signal(backend: str) -> None:
+    # On a shared log the handler first lets the node apply its own writes (a task on the loop).
+    calls: list[int] = []
+
+    def previous(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    async def main() -> None:
+        hub = Hub(backend=MemoryLog())
+        hub.resource("orders")
+        async with hub:
+            await hub.acreate("orders", {"metadata": {"name": "o-1"}})
+            signal.raise_signal(signal.SIGTERM)
+            for _ in range(200):
+                if hub.closing:
+                    break
+                await anyio.sleep(0.01)
+            assert hub.closing
+            assert calls == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is previous
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        anyio.run(main, backend=backend)
     finally:
         signal.signal(signal.SIGTERM, original)
 
