@@ -1,1 +1,93 @@
-"""Framework adapters; each imports its own framework and nothing else optional."""
+"""The adapter contract: everything an adapter for a web framework imports, and all it imports.
+
+An adapter translates; every rule lives in the hub. It reads a request into a
+:class:`RequestInfo`, asks the hub for a :class:`Reply`, and writes the reply back:
+
+* **In**: :class:`RequestInfo` (the query pairs, ``Accept``, ``Last-Event-ID``, the route's
+  key), or a :class:`WebSocketRequest` for a WebSocket handshake.
+* **Out**: ``await hub.answer(resource, info)`` (or ``answer_watch`` / ``answer_list``) is a
+  :class:`Reply`: a status, headers and a body. When ``reply.stream`` is set, the body is the
+  stream's first chunk (send it with the headers, at once) and the stream is a watch, to be
+  written in one of three forms, whichever the framework takes:
+
+  - *push*: ``await reply.stream.run(send)``, where ``send(data)`` writes and flushes and
+    raises :class:`Disconnected` once the peer is gone; :func:`serve` races it against a
+    ``wait_disconnect()`` for servers that report a departed peer only through a receive
+    channel (ASGI);
+  - *pull*: ``async for chunk in stream_chunks(reply.stream)``, for responses that consume an
+    async iterator (``aclose()`` it when the response ends);
+  - *blocking*: :func:`wsgi_body` (a WSGI response iterable) with the hub's loop running in a
+    :class:`HubThread`, for WSGI servers (one thread per request, no event loop).
+
+  ``reply.chunked`` marks a complete body that must be framed as a stream (no
+  ``Content-Length``): an SSE or JSON-lines answer that ends at once.
+* **Errors**: :func:`status_reply` is the Status answer of any :class:`ClientError` raised
+  while handling a request (a body too large, a bad body, an app's own ``Forbidden``).
+* **Bodies**: :class:`BodyLimit` counts a body while it is read (``Content-Length`` first);
+  :func:`decode_json` turns every way a body can be wrong into a 400.
+* **WebSocket**: ``await hub.serve_websocket(resource, request, socket, limits=...)`` runs a
+  WebSocket watch on any object that has the four methods of :class:`Socket`.
+* **Lifecycle**: ``async with hub`` where the framework has a lifespan (or
+  :class:`HubThread`); ``hub.begin_shutdown()`` from the server's exit signal, before it waits
+  for open connections, then ``await hub.aclose()``.
+* **Metrics**: :func:`mounted` when a resource is mounted on a route (its series exist at 0).
+
+An adapter imports this module, the public ``watchroutes`` namespace and its own framework;
+never a private module (a test checks). ``docs/adapters.md`` writes one in about 100 lines.
+"""
+
+from __future__ import annotations
+
+from .._core.errors import ClientError
+from .._core.metrics import declare_resource
+from .._core.params import Mode
+from .._runtime.blocking import HubThread as HubThread
+from .._runtime.blocking import wsgi_body as wsgi_body
+from .._runtime.hub import Hub as Hub
+from .._runtime.hub import RequestInfo as RequestInfo
+from .._runtime.hub import Resource as Resource
+from .._runtime.reply import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
+from .._runtime.reply import DEFAULT_MAX_JSON_DEPTH as DEFAULT_MAX_JSON_DEPTH
+from .._runtime.reply import BodyLimit as BodyLimit
+from .._runtime.reply import Reply as Reply
+from .._runtime.reply import decode_json as decode_json
+from .._runtime.reply import error_reply
+from .._runtime.stream import Disconnected as Disconnected
+from .._runtime.stream import WatchStream as WatchStream
+from .._runtime.stream import serve as serve
+from .._runtime.stream import stream_chunks as stream_chunks
+from .._runtime.websocket import Socket as Socket
+from .._runtime.websocket import WebSocketLimits as WebSocketLimits
+from .._runtime.websocket import WebSocketRequest as WebSocketRequest
+
+__all__ = (
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_JSON_DEPTH",
+    "BodyLimit",
+    "Disconnected",
+    "Hub",
+    "HubThread",
+    "Reply",
+    "RequestInfo",
+    "Resource",
+    "Socket",
+    "WatchStream",
+    "WebSocketLimits",
+    "WebSocketRequest",
+    "decode_json",
+    "mounted",
+    "serve",
+    "status_reply",
+    "stream_chunks",
+    "wsgi_body",
+)
+
+
+def status_reply(exc: ClientError) -> Reply:
+    """The JSON Status answer to ``exc`` (with ``Retry-After`` when it is retryable)."""
+    return error_reply(exc, Mode.LIST, retry_ms=0)
+
+
+def mounted(resource: Resource) -> None:
+    """A resource was mounted on a route: its metric series exist from now on (at 0)."""
+    declare_resource(resource.hub.metrics, resource.name)
