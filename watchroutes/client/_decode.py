@@ -107,6 +107,11 @@ class SSEDecoder:
                     self._id = self._retry = None
                     self._seen = False
                 continue
+            # The server's own framing first ("id: N", "data: {...}"), then the general rule.
+            if line.startswith(b"data: "):
+                self._data.append(line[6:])
+                self._seen = True
+                continue
             if line[0] == 0x3A:  # ":" a comment (": hb"): activity only
                 continue
             name, _, value = line.partition(b":")

@@ -90,6 +90,10 @@ def default_key(obj: dict[str, Any]) -> str:
     """``metadata.name``, or ``namespace/name`` when the object has a ``metadata.namespace``
     (client-go's ``MetaNamespaceKeyFunc``)."""
     metadata = obj.get("metadata")
+    if type(metadata) is dict and "namespace" not in metadata:
+        plain = metadata.get("name")
+        if type(plain) is str:
+            return plain
     if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
         raise ValueError("the object has no metadata.name; pass key= to the informer")
     namespace = metadata.get("namespace")

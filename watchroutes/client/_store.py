@@ -79,15 +79,25 @@ class InformerStore:
             else:
                 self._collecting[key] = obj
             return []
-        rv = _int(event.resource_version)
+        rv_text = event.resource_version
+        rv = _int(rv_text)
         old = self.objects.get(key)
-        if rv is not None:
-            newest = self._newest
-            old_rv = None if old is None else _int(_object_rv(old))
-            if (newest is not None and rv <= newest) or (old_rv is not None and rv <= old_rv):
+        newest = self._newest
+        if rv is not None and newest is not None:
+            # Every object in the store is at or below the watermark, so this also rejects
+            # an event older than the stored version of its own key.
+            if rv <= newest:
                 self.stale += 1
                 return []
-        self._advance(event.resource_version)
+            self._newest = rv
+            self.resource_version = rv_text
+        else:
+            if rv is not None and old is not None:
+                old_rv = _int(_object_rv(old))
+                if old_rv is not None and rv <= old_rv:
+                    self.stale += 1
+                    return []
+            self._advance(rv_text)
         if kind is EventType.DELETED:
             if old is None:
                 return []
