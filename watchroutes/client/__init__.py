@@ -77,6 +77,7 @@ __all__ = (
     "SyncInformer",
     "SyncWatch",
     "TokenRefresh",
+    "Transport",
     "UnauthorizedError",
     "Watch",
     "WatchClientError",
