@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -207,7 +207,7 @@ class WatchStream:
             await alarm.wait(session.deadline())
 
 
-async def stream_chunks(stream: WatchStream) -> AsyncIterator[bytes]:
+async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
     """The pull form of a watch: its bytes as an async iterator, for frameworks whose
     streaming responses consume one (Django's ``StreamingHttpResponse`` under ASGI). The
     consumer writes (and times its writes); the iterator waits on the subscription and the
