@@ -17,9 +17,9 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from .._services import free_port
 from ..conformance._support import REPO, _wait_ready, order
 from ..examples.test_live_page import Tab, wait_until
-from .test_servers import free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
