@@ -154,7 +154,9 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
     """Decorate a Starlette endpoint or a FastAPI path operation so that it serves watches.
 
     ``key`` is the name of the path parameter holding the object's key on an object route.
-    The decorated function runs only for plain GETs; its responses get ``Vary: Accept``.
+    Only a GET can be a watch: the decorated function runs for plain GETs and for every other
+    method the route takes (``HEAD`` is then the plain GET without its body); its responses
+    get ``Vary: Accept``.
     """
 
     declare_resource(resource.hub.metrics, resource.name)  # its series exist from now on
