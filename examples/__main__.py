@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import socket
 import sys
 
 from .orders import Settings, start
 
-FRAMEWORKS = ("starlette", "fastapi", "aiohttp")
+FRAMEWORKS = ("starlette", "fastapi", "aiohttp", "flask", "django")
 
 
 def parse(argv: list[str]) -> tuple[str, Settings]:
@@ -47,6 +48,20 @@ def main(argv: list[str]) -> None:
 
         serve_aiohttp(settings)
         return
+    if framework == "flask":
+        from .flask_app import main as serve_flask
+
+        serve_flask(settings)
+        return
+    if framework == "django":
+        from .django_app import main as serve_django
+
+        serve_django(settings)
+        return
+    # uvicorn hands a WebSocket handshake to the websockets library, which reads lines of at
+    # most 8 KiB unless told otherwise (before it is imported): request lines and headers up
+    # to 64 KiB reach the app on WebSockets too (DESIGN 5.5)
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(64 * 1024 + 1024))
     import uvicorn
     from starlette.applications import Starlette
 

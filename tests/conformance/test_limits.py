@@ -9,15 +9,19 @@ At teardown each server must exit cleanly without a traceback in its log.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import select
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
-from ._support import Server, assert_status
+from ._support import Server, assert_status, assert_status_object
 
 pytestmark = pytest.mark.network
 
@@ -178,3 +182,13 @@ def test_malformed_requests_are_refused_without_an_error_in_the_log(
         status, _, _ = read_head(sock)
     assert status == 400  # the server's own answer: the request never reached the app
     # (teardown: no traceback and no ERROR line in the server's log)
+
+
+@pytest.mark.parametrize("kib", [10, 60])
+def test_a_long_selector_on_a_websocket_url_gets_the_librarys_error(app: Server, kib: int) -> None:
+    query = urllib.parse.urlencode({"labelSelector": "region=" + "e" * (kib * 1024)})
+    url = app.base_url.replace("http://", "ws://") + "/orders?" + query
+    with ws_connect(url, subprotocols=[Subprotocol("watchroutes.v1")], proxy=None) as ws:
+        error = json.loads(ws.recv(timeout=5))
+    assert (error["id"], error["type"]) == ("", "ERROR")
+    assert_status_object(error["object"], 400, "BadRequest", "labelSelector")
