@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -14,12 +15,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchroutes import BadRequest, ClientError, RequestEntityTooLarge
+from watchroutes import BadRequest, ClientError, Hub, RequestEntityTooLarge
 from watchroutes._runtime.reply import BodyLimit, decode_json
 from watchroutes.adapters.starlette import (
     error_response,
+    list_response,
     read_json,
     request_validation_error,
+    watch_endpoint,
+    watchable,
 )
 from watchroutes.testing import WatchClient
 
@@ -98,3 +102,22 @@ async def test_fastapi_validation_errors_are_a_status_naming_the_field() -> None
     assert "s3cret" not in response.body.decode()  # the input is never echoed
     missing = await client.get("/items")
     assert json.loads(missing.body)["message"].startswith("query.limit: ")
+
+
+@pytest.mark.parametrize("decorated", [True, False])
+async def test_head_is_never_a_watch(decorated: bool) -> None:
+    hub = Hub()
+    orders = hub.resource("orders", kind="Order")
+    orders.create({"metadata": {"name": "a"}})
+
+    @watchable(orders)
+    async def listing(request: Request) -> Response:
+        return list_response(orders, request)
+
+    endpoint = listing if decorated else watch_endpoint(orders)
+    client = WatchClient(Starlette(routes=[Route("/orders", endpoint)]))
+    for params in ({"watch": "true"}, {"watch": "true", "feed": "longpoll"}, {}):
+        with anyio.fail_after(5):
+            head = await client.request("HEAD", "/orders", params=params)
+        assert head.status == 200
+        assert head.headers["content-type"] == "application/json"

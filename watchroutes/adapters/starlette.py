@@ -221,6 +221,8 @@ def watch_endpoint(
 
     async def endpoint(request: Request) -> Response:
         info = request_info(request, key)
+        if request.method != "GET":  # HEAD: the list's headers, never a watch
+            return ReplyResponse(await resource.hub.answer_list(resource.name, info))
         return ReplyResponse(await resource.hub.answer(resource.name, info))
 
     return endpoint
