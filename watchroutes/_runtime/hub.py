@@ -24,23 +24,21 @@ import anyio.from_thread
 import anyio.lowlevel
 import msgspec
 
-from .._core.backend import ABSENT, PRESENT, Expect, LogBackend, Retention, Write
+from .._core.backend import ABSENT, LogBackend, Retention, check_expectation
 from .._core.errors import (
     AlreadyExists,
-    BadRequest,
     ClientError,
     Conflict,
     Expired,
     InternalError,
     NotFound,
-    RequestEntityTooLarge,
     ServiceUnavailable,
     UsageError,
 )
-from .._core.events import Entry, EventType, Frame, encode
+from .._core.events import Entry, EventType, Frame
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.metrics import Metrics, NullMetrics
-from .._core.objects import NameRule, check_object, merge_patch, object_rv
+from .._core.objects import NameRule, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.registry import DEFAULT_BUFFER_SIZE, CloseReason, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
@@ -53,6 +51,15 @@ from .._core.state import (
     object_key,
 )
 from .._core.wire.sse import DEFAULT_RETRY_MS
+from .._core.writes import (
+    Planned,
+    Rules,
+    plan_change,
+    plan_create,
+    plan_delete,
+    plan_patch,
+    plan_replace,
+)
 from .clock import Clock, SystemClock
 from .replica import Replica
 from .reply import Reply, error_reply, json_reply
@@ -146,6 +153,8 @@ class Resource:
         self.slow_consumer = slow_consumer
         #: How object names (keys) are checked on every write (``watchroutes._core.objects``).
         self.names = names
+        #: What every write of this resource is checked against (``watchroutes._core.writes``).
+        self.rules = Rules(name, kind, names, hub.state.max_object_bytes)
         self.name = name
         self.kind = kind
         self.api_version = api_version
@@ -384,6 +393,82 @@ class Hub:
             raise NotFound(f"resource {name[:100]!r} not found") from None
 
     # -- writes --------------------------------------------------------------------------------
+    #
+    # One path for every write: the rules plan it (``_core.writes``, without I/O), then a log
+    # commits it — this hub's in-memory log under the lock (on the loop's thread), or the
+    # shared log in one round trip. The plain methods work from any thread; on a shared log,
+    # the event loop's own thread must await the ``a``-methods (a plain call there would
+    # block the loop that the append needs).
+
+    def _rules(self, resource: str) -> Rules:
+        return self._resource(resource).rules
+
+    def _commit_local(self, planned: Planned) -> Any:
+        """Commit to the in-memory log: check the expectation and append, atomically."""
+        write = planned.write
+        state = self.state
+        current = state.get(write.resource, write.key)
+        check_expectation(write, None if current is None else current.rv)
+        obj = planned.object
+        if write.type == EventType.DELETED.value:
+            assert current is not None  # a deletion expects the key present
+            obj = current.object
+        clock = self.clock
+        now = clock.now()
+        entry = state.append(
+            write.resource,
+            EventType(write.type),
+            obj,
+            key=write.key,
+            now=now,
+            now_us=clock.time_us(),
+        )
+        state.log(write.resource).compact(now)
+        self.metrics.events_published(write.resource, 1)
+        return entry.object
+
+    async def _commit_shared(self, planned: Planned) -> Any:
+        """Commit to the shared log; the answer is what the log stored."""
+        replica = self._replica
+        assert replica is not None
+        write = planned.write
+        log = self.state.log(write.resource)
+        try:
+            stored = await replica.backend.append(write, Retention(log.max_events, log.max_age))
+        except ServiceUnavailable as exc:
+            # The connection failed somewhere between sending the change and reading the
+            # answer: it may have been appended. Say so; never guess (protocol.md §3.5).
+            logger.warning("write of %s %r: outcome unknown: %s", write.resource, write.key, exc)
+            raise ServiceUnavailable(
+                f"the event log became unavailable during this write; it may or may not have "
+                f'been applied: read {write.resource} "{write.key[:100]}" (its '
+                f"metadata.resourceVersion) before retrying",
+                retry_after=1,
+            ) from None
+        rv = stored.rv
+        replica.written = max(replica.written, rv)
+        self.metrics.events_published(write.resource, 1)
+        # No need to wait for this node's follower: every read syncs to the log's head first
+        # (protocol.md §3.1), so the writer reads its write on any node. A deletion answers the
+        # object the log removed, as the log returned it (never this node's cache).
+        obj = planned.object
+        return _stamp(obj if obj is not None else msgspec.json.decode(stored.object), rv)
+
+    def _commit(self, planned: Planned) -> Any:
+        if self._replica is None:
+            return self._call(self._commit_local, planned)
+        return self._shared(self._commit_shared, planned)
+
+    async def _acommit(self, planned: Planned) -> Any:
+        if self._replica is None:
+            return self._call(self._commit_local, planned)
+        return await self._commit_shared(planned)
+
+    def _plan_publish(
+        self, resource: str, etype: str | EventType, obj: Any, key: str | None
+    ) -> Planned:
+        name = object_key(obj) if key is None else key
+        return plan_change(self._rules(resource), EventType(etype), name, obj)
 
     def publish(
         self,
@@ -396,91 +481,33 @@ class Hub:
         """Record one change (``ADDED``, ``MODIFIED`` or ``DELETED``) and deliver it.
 
         Returns the stored object, stamped with its ``metadata.resourceVersion`` when it
-        follows the object convention. Safe from async code and from any thread.
+        follows the object convention. From any thread; on a shared log, the event loop's
+        thread awaits :meth:`apublish` instead.
         """
-        etype = EventType(type)
-        if self._replica is not None:
-            return self._shared(self.apublish, resource, etype, obj, key=key)
-        return self._call(self._append, resource, etype, obj, key).object
-
-    def _check(
-        self, resource: str, etype: EventType, obj: Any, key: str | None, creating: bool = False
-    ) -> None:
-        """The object rules (``watchroutes._core.objects``), the same on every log."""
-        if etype is EventType.DELETED:
-            return
-        res = self._resource(resource)
-        name = key if key is not None else object_key(obj)
-        check_object(obj, name, kind=res.kind, names=res.names, creating=creating)
-
-    def _append(
-        self,
-        resource: str,
-        etype: EventType,
-        obj: Any,
-        key: str | None,
-        creating: bool = False,
-    ) -> Entry:
-        self._check(resource, etype, obj, key, creating)
-        clock = self.clock
-        state = self.state
-        now = clock.now()
-        entry = state.append(resource, etype, obj, key=key, now=now, now_us=clock.time_us())
-        state.log(resource).compact(now)
-        self.metrics.events_published(resource, 1)
-        return entry
+        return self._commit(self._plan_publish(resource, type, obj, key))
 
     def create(self, resource: str, obj: Any) -> Any:
         """Add a new object; ``AlreadyExists`` (409) if its key is taken."""
-        if self._replica is not None:
-            return self._shared(self.acreate, resource, obj)
-        return self._call(self._create, resource, _body(obj))
-
-    def _create(self, resource: str, obj: dict[str, Any]) -> Any:
-        key = _key_of(obj)
-        if self.state.get(resource, key) is not None:
-            raise AlreadyExists(f'{resource} "{key[:100]}" already exists')
-        return self._append(resource, EventType.ADDED, obj, key, creating=True).object
+        return self._commit(plan_create(self._rules(resource), obj))
 
     def replace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
         """Replace an existing object; ``NotFound`` if missing, ``Conflict`` on a stale rv."""
-        if self._replica is not None:
-            return self._shared(self.areplace, resource, obj, key=key)
-        return self._call(self._replace, resource, _body(obj), key)
-
-    def _replace(self, resource: str, obj: dict[str, Any], key: str | None) -> Any:
-        name = _key_of(obj)
-        if key is not None and name != key:
-            raise BadRequest(f"metadata.name {name[:100]!r} does not match the URL's {key!r}")
-        current = self._current(resource, name)
-        _check_rv(resource, name, obj, current)
-        return self._append(resource, EventType.MODIFIED, obj, name).object
+        return self._commit(plan_replace(self._rules(resource), obj, key))
 
     def patch(self, resource: str, key: str, patch: Any) -> Any:
         """Apply a JSON merge patch (RFC 7386) to an existing object."""
-        if self._replica is not None:
-            return self._shared(self.apatch, resource, key, patch)
-        return self._call(self._patch, resource, key, _body(patch))
+        if self._replica is None:
+            return self._call(self._patch_local, resource, key, patch)
+        return self._shared(self.apatch, resource, key, patch)
 
-    def _patch(self, resource: str, key: str, patch: dict[str, Any]) -> Any:
-        current = self._current(resource, key)
-        _check_rv(resource, key, patch, current)
-        merged = merge_patch(current.object, patch)
-        if _key_of(merged) != key:
-            raise BadRequest("a patch cannot change metadata.name")
-        return self._append(resource, EventType.MODIFIED, merged, key).object
+    def _patch_local(self, resource: str, key: str, patch: Any) -> Any:
+        current = self._current(resource, key)  # read and commit under one lock: no race
+        planned = plan_patch(self._rules(resource), key, patch, current.rv, current.object)
+        return self._commit_local(planned)
 
     def delete(self, resource: str, key: str, *, resource_version: str | None = None) -> Any:
         """Delete an object; returns it stamped with the deletion's rv."""
-        if self._replica is not None:
-            return self._shared(self.adelete, resource, key, resource_version=resource_version)
-        return self._call(self._delete, resource, key, resource_version)
-
-    def _delete(self, resource: str, key: str, rv: str | None) -> Any:
-        current = self._current(resource, key)
-        if rv is not None and rv != str(current.rv):
-            raise Conflict(_conflict_message(resource, key, rv, current.rv))
-        return self._append(resource, EventType.DELETED, current.object, key).object
+        return self._commit(plan_delete(self._rules(resource), key, resource_version))
 
     def _current(self, resource: str, key: str) -> Entry:
         entry = self.state.get(resource, key)
@@ -492,22 +519,23 @@ class Hub:
         """Load start-up state into the watch cache without emitting events."""
         if self._replica is not None:
             raise UsageError("with a shared log, seed with await resource.aseed(objects)")
-        clock = self.clock
+        rules = self._rules(resource)
         objects = list(objects)
         for obj in objects:
-            self._check(resource, EventType.ADDED, obj, None)
+            plan_change(rules, EventType.ADDED, object_key(obj), obj)  # the same rules
+        clock = self.clock
         with self._lock:
             return self.state.seed(resource, objects, now=clock.now(), now_us=clock.time_us())
-
-    # -- writes, async (the only way to write to a shared log from the event loop) ------------
 
     def _shared(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
         """Run an async write from a plain call: only from a thread other than the loop's."""
         token = self._token
         if token is None or threading.get_ident() == self._loop_thread:
+            name = getattr(func, "__name__", "write").removeprefix("_commit_shared")
             raise UsageError(
-                f"a hub with a shared log writes asynchronously: use await hub.a{func.__name__[1:]}"
-                "(...) (or call the plain method from another thread)"
+                "a hub with a shared log writes asynchronously on its event loop: "
+                f"use await hub.a{name or 'publish'}(...) there (the plain methods work "
+                "from any other thread)"
             )
         return anyio.from_thread.run(functools.partial(func, *args, **kwargs), token=token)
 
@@ -519,123 +547,49 @@ class Hub:
         *,
         key: str | None = None,
     ) -> Any:
-        """:meth:`publish`, awaitable; with a shared log it returns once the change is
-        appended and (up to 3 s) applied on this node."""
-        if self._replica is None:
-            return self.publish(resource, type, obj, key=key)
-        etype = EventType(type)
-        if etype not in (EventType.ADDED, EventType.MODIFIED, EventType.DELETED):
-            raise UsageError(f"cannot publish a {etype.value} event")
-        return await self._write(resource, etype, object_key(obj) if key is None else key, obj)
+        """:meth:`publish`, awaitable: on a shared log it returns once the log appended the
+        change (on any log, the answer is the object as stored)."""
+        return await self._acommit(self._plan_publish(resource, type, obj, key))
 
     async def acreate(self, resource: str, obj: Any) -> Any:
-        if self._replica is None:
-            return self.create(resource, obj)
-        body = _body(obj)
-        key = _key_of(body)
-        return await self._write(resource, EventType.ADDED, key, body, ABSENT, creating=True)
+        return await self._acommit(plan_create(self._rules(resource), obj))
 
     async def areplace(self, resource: str, obj: Any, *, key: str | None = None) -> Any:
-        if self._replica is None:
-            return self.replace(resource, obj, key=key)
-        body = _body(obj)
-        name = _key_of(body)
-        if key is not None and name != key:
-            raise BadRequest(f"metadata.name {name[:100]!r} does not match the URL's {key!r}")
-        expect = self._expectation(resource, name, object_rv(body))
-        return await self._write(resource, EventType.MODIFIED, name, body, expect)
+        return await self._acommit(plan_replace(self._rules(resource), obj, key))
 
     async def apatch(self, resource: str, key: str, patch: Any) -> Any:
-        if self._replica is None:
-            return self.patch(resource, key, patch)
-        body = _body(patch)
-        given = object_rv(body)
+        replica = self._replica
+        if replica is None:
+            return self._call(self._patch_local, resource, key, patch)
+        rules = self._rules(resource)
+        given = object_rv(patch) if isinstance(patch, Mapping) else None
         for _ in range(5):  # another node changed the object between our read and our write
-            await self._replica.sync(None)
+            await replica.sync(None)
             current = self._current(resource, key)
-            _check_rv(resource, key, body, current)
-            merged = merge_patch(current.object, body)
-            if _key_of(merged) != key:
-                raise BadRequest("a patch cannot change metadata.name")
+            planned = plan_patch(rules, key, patch, current.rv, current.object)
             try:
-                return await self._write(resource, EventType.MODIFIED, key, merged, current.rv)
+                return await self._commit_shared(planned)
             except Conflict:
                 if given is not None:
                     raise
         raise Conflict(f'{resource} "{key[:100]}" keeps changing; try again', retry_after=1)
 
     async def adelete(self, resource: str, key: str, *, resource_version: str | None = None) -> Any:
-        if self._replica is None:
-            return self.delete(resource, key, resource_version=resource_version)
-        expect = self._expectation(resource, key, resource_version)
-        return await self._write(resource, EventType.DELETED, key, None, expect)
+        return await self._acommit(plan_delete(self._rules(resource), key, resource_version))
 
     async def aseed(self, resource: str, objects: Iterable[Any]) -> int:
         """Load start-up state: with a shared log, each object not there yet is created
         (several nodes seeding the same objects create each once); returns how many."""
         if self._replica is None:
             return self.seed(resource, objects)
+        rules = self._rules(resource)
         count = 0
         for obj in objects:
+            planned = plan_change(rules, EventType.ADDED, object_key(obj), obj, ABSENT)
             with contextlib.suppress(AlreadyExists):
-                await self._write(resource, EventType.ADDED, object_key(obj), obj, ABSENT)
+                await self._commit_shared(planned)
                 count += 1
         return count
-
-    def _expectation(self, resource: str, key: str, given: str | None) -> Expect:
-        if given is None:
-            return PRESENT
-        if given.isascii() and given.isdigit() and len(given) <= 19:
-            return int(given)
-        current = self._current(resource, key)  # an rv that cannot be current
-        raise Conflict(_conflict_message(resource, key, given, current.rv))
-
-    async def _write(
-        self,
-        resource: str,
-        etype: EventType,
-        key: str,
-        obj: Any,
-        expect: Expect = None,
-        *,
-        creating: bool = False,
-    ) -> Any:
-        replica = self._replica
-        assert replica is not None
-        log = self.state.log(resource)
-        self._resource(resource)
-        body = None
-        if obj is not None:
-            self._check(resource, etype, obj, key, creating)
-            try:
-                body = encode(obj)
-            except (TypeError, ValueError) as exc:
-                raise UsageError(f"the object cannot be encoded as JSON: {exc}") from None
-            if len(body) > self.state.max_object_bytes:
-                raise RequestEntityTooLarge(
-                    f"object {key[:100]!r} is {len(body)} bytes encoded; the limit is "
-                    f"{self.state.max_object_bytes}"
-                )
-        write = Write(resource=resource, key=key, type=etype.value, object=body, expect=expect)
-        try:
-            stored = await replica.backend.append(write, Retention(log.max_events, log.max_age))
-        except ServiceUnavailable as exc:
-            # The connection failed somewhere between sending the change and reading the
-            # answer: it may have been appended. Say so; never guess (protocol.md §3.5).
-            logger.warning("write of %s %r: outcome unknown: %s", resource, key[:100], exc)
-            raise ServiceUnavailable(
-                f"the event log became unavailable during this write; it may or may not have "
-                f'been applied: read {resource} "{key[:100]}" (its '
-                f"metadata.resourceVersion) before retrying",
-                retry_after=1,
-            ) from None
-        rv = stored.rv
-        replica.written = max(replica.written, rv)
-        self.metrics.events_published(resource, 1)
-        # No need to wait for this node's follower: every read syncs to the log's head first
-        # (protocol.md §3.1), so the writer reads its write on any node. A deletion answers the
-        # object the log removed, as the log returned it (never this node's cache).
-        return _stamp(obj if obj is not None else msgspec.json.decode(stored.object), rv)
 
     async def _sync(self, parsed: WatchRequest) -> None:
         """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log.
@@ -873,29 +827,3 @@ class Hub:
                 await self._streams_idle.wait()
             for stream in list(self._streams):
                 stream.cancel()
-
-
-def _body(obj: Any) -> dict[str, Any]:
-    if not isinstance(obj, Mapping):
-        raise BadRequest("the body must be a JSON object")
-    return dict(obj)
-
-
-def _key_of(obj: Any) -> str:
-    try:
-        return object_key(obj)
-    except UsageError:
-        raise BadRequest("the object needs a non-empty string metadata.name") from None
-
-
-def _conflict_message(resource: str, key: str, given: str, current: int) -> str:
-    return (
-        f'the object {resource} "{key[:100]}" has been modified: resourceVersion {given[:40]} '
-        f"is not the current {current}"
-    )
-
-
-def _check_rv(resource: str, key: str, body: Any, current: Entry) -> None:
-    given = object_rv(body)
-    if given is not None and given != str(current.rv):
-        raise Conflict(_conflict_message(resource, key, given, current.rv))
