@@ -16,6 +16,7 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -192,3 +193,35 @@ def test_a_long_selector_on_a_websocket_url_gets_the_librarys_error(app: Server,
         error = json.loads(ws.recv(timeout=5))
     assert (error["id"], error["type"]) == ("", "ERROR")
     assert_status_object(error["object"], 400, "BadRequest", "labelSelector")
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_huge_body_sent_whole_is_never_held(app: Server, framing: str) -> None:
+    size = 64 * MAX_BODY
+    before = rss(app.process.pid)
+    chunk = b" " * 65536
+    if framing == "chunked":
+        header, chunk = b"Transfer-Encoding: chunked\r\n", b"10000\r\n" + chunk + b"\r\n"
+    else:
+        header = b"Content-Length: %d\r\n" % size
+    peak = before
+    with connect(app) as sock:
+        sock.sendall(b"POST /orders HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n")
+        with contextlib.suppress(OSError):  # (the server may stop reading once it answered)
+            for i in range(size // 65536):
+                sock.sendall(chunk)
+                if i % 128 == 0:
+                    peak = max(peak, rss(app.process.pid))
+            if framing == "chunked":
+                sock.sendall(b"0\r\n\r\n")  # a complete body, as a client would send it
+        status, _, _ = read_head(sock)
+    assert status == 413
+    assert peak - before < 16 * MAX_BODY, f"RSS grew by {(peak - before) >> 20} MiB"
