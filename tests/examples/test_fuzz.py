@@ -477,9 +477,19 @@ def send(server: Server, data: bytes, hang_up: bool) -> int | None:
 
 def websocket_session(server: Server, fuzzer: Fuzzer, tally: Tally) -> None:
     r = fuzzer.random
-    url = server.base_url.replace("http://", "ws://") + r.choice(["/orders", "/orders/o-1"])
+    path = r.choice(["/orders", "/orders", "/orders/o-1", "/orders/" + fuzzer.escaped(), "/x"])
+    url = server.base_url.replace("http://", "ws://") + path
     url += "?" + fuzzer.query() if r.random() < 0.7 else ""
-    protocols = [Subprotocol(p) for p in r.choice([["watchroutes.v1"], [], ["graphql-ws"]])]
+    offered = r.choice(
+        [
+            ["watchroutes.v1"],
+            [],
+            ["graphql-ws"],
+            ["watchroutes.v1", "bearer." + "t" * r.randint(0, 300)],
+            ["bearer.x"],
+        ]
+    )
+    protocols = [Subprotocol(p) for p in offered]
     messages = fuzzer.ws_messages()
     origin = r.choice([None, None, "http://evil.example", "null"])
     headers = {"Origin": origin} if origin else {}
