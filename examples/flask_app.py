@@ -1,0 +1,174 @@
+"""The orders app on Flask, served by gunicorn with threaded workers (``-k gthread``).
+
+gunicorn's gthread worker writes each chunk a WSGI app yields to the socket at once (no
+buffering, headers with the first write), hands a watch one pool thread for its life and
+gives the WebSocket handshake the raw socket (``gunicorn.socket``), which simple-websocket
+needs; waitress buffers until ``send_bytes`` and has no socket to hand over.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as HTTPMethodNotAllowed
+
+from watchroutes import ClientError, MethodNotAllowed, NotFound
+from watchroutes.adapters.flask import (
+    WatchRoutes,
+    error_response,
+    list_response,
+    post_worker_init,
+    read_json,
+    watchable,
+    websocket_view,
+    worker_int,
+)
+
+from .orders import (
+    MAX_BODY,
+    PAGE,
+    Settings,
+    check_patch_type,
+    check_token,
+    make_hub,
+    metrics_text,
+    object_body,
+    start,
+)
+
+#: gunicorn's pool threads in the one worker; watches may take all but RESERVE of them, so
+#: that plain requests (lists, writes, /metrics) always find a thread.
+THREADS = 256
+RESERVE = 32
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    import msgspec
+
+    return Response(msgspec.json.encode(body), status, mimetype="application/json")
+
+
+def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
+    hub, orders = make_hub(settings)
+    hub.max_watches = threads - RESERVE
+
+    def authorize(token: str | None) -> None:
+        check_token(settings, None, token)
+
+    app = Flask(__name__)
+    app.extensions["orders_settings"] = settings
+    WatchRoutes(app, hub, authorize=authorize)
+
+    @app.before_request
+    def guard() -> Response | None:
+        path = request.path
+        if path != "/orders" and not path.startswith("/orders/"):
+            return None
+        if request.headers.get("upgrade", "").lower() == "websocket":
+            return None  # the hub checks a socket's credentials (and closes 4401)
+        query_token = request.args.get("access_token") if request.method == "GET" else None
+        check_token(settings, request.headers.get("authorization"), query_token)
+        return None
+
+    @app.errorhandler(ClientError)
+    def client_error(exc: ClientError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, HTTPMethodNotAllowed):
+            refused = MethodNotAllowed(f"{request.method[:20]} is not allowed here")
+            response = error_response(refused)
+            response.headers["allow"] = ", ".join(exc.valid_methods or ())
+            return response
+        if exc.code == 404:
+            return error_response(NotFound(f"no route for {request.path[:200]}"))
+        return json_response({"message": exc.description}, exc.code or 500)
+
+    @app.get("/orders")
+    @watchable(orders)
+    def list_orders() -> Response:
+        return list_response(orders)
+
+    @app.post("/orders")
+    def create_order() -> Response:
+        return json_response(orders.create(object_body(read_json(limit=MAX_BODY))), 201)
+
+    @app.get("/orders/<name>")
+    @watchable(orders, key="name")
+    def get_order(name: str) -> Response:
+        return list_response(orders, key="name")
+
+    @app.put("/orders/<name>")
+    def replace_order(name: str) -> Response:
+        return json_response(orders.replace(object_body(read_json(limit=MAX_BODY)), key=name))
+
+    @app.patch("/orders/<name>")
+    def patch_order(name: str) -> Response:
+        check_patch_type(request.headers.get("content-type"))
+        return json_response(orders.patch(name, object_body(read_json(limit=MAX_BODY))))
+
+    @app.delete("/orders/<name>")
+    def delete_order(name: str) -> Response:
+        return json_response(orders.delete(name))
+
+    app.add_url_rule("/orders", "orders_ws", websocket_view(orders), websocket=True)
+    app.add_url_rule(
+        "/orders/<name>", "order_ws", websocket_view(orders, key="name"), websocket=True
+    )
+
+    @app.get("/")
+    def page() -> Response:
+        return Response(PAGE, mimetype="text/html")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(metrics_text(hub), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def main(settings: Settings) -> None:
+    """Serve with gunicorn (one gthread worker) until SIGINT or SIGTERM."""
+    from gunicorn.app.base import BaseApplication
+
+    app = create_app(settings)
+    hub = app.extensions["watchroutes"].hub
+
+    def ready(worker: Any) -> None:
+        post_worker_init(worker)  # the hub runs, and SIGTERM ends its watches first
+        app.extensions["watchroutes"].start().call(start, hub, settings)
+        host, port = worker.sockets[0].getsockname()[:2]
+        print(f"ready http://{host}:{port}", flush=True)
+
+    options = {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": 1,  # the in-memory log serves one process (several need --backend)
+        "worker_class": "gthread",
+        "threads": THREADS,
+        "graceful_timeout": 8,
+        "keepalive": 5,
+        # request lines and headers up to 64 KiB reach the app (gunicorn's default is 4 KiB)
+        "limit_request_line": 0,
+        "limit_request_field_size": 0,
+        "post_worker_init": ready,
+        "worker_int": worker_int,
+        "accesslog": None,
+        "loglevel": "warning",
+    }
+
+    class Orders(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for name, value in options.items():
+                self.cfg.set(name, value)
+
+        def load(self) -> Flask:
+            return app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    Orders().run()
+    sys.exit(0)

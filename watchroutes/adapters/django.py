@@ -1,0 +1,463 @@
+"""Django adapter: make a Django view watchable, under ASGI (uvicorn) or WSGI (gunicorn).
+
+::
+
+    # urls.py
+    urlpatterns = [
+        path("orders", watch_view(orders)),                  # list, or a watch
+        path("orders/<str:name>", watch_view(orders, key="name")),
+    ]
+
+    # asgi.py: lifespan (the hub starts and stops with the server) and WebSocket watches
+    application = asgi(get_asgi_application(), hub)
+
+A view decorated with :func:`watchable` (or :class:`WatchViewMixin` on a class-based view)
+runs only for plain GETs. A watch's response streams the way the running handler needs:
+under ASGI an async iterator (:func:`stream_chunks`; Django >= 5.0 cancels it when the client
+leaves), under WSGI a plain iterator driven from the request thread with the hub's loop in a
+:class:`HubThread` (a departed client is noticed at the next write; heartbeats bound it). A
+mismatch would make Django consume the endless stream to its end, so the adapter decides by
+the request it gets (``ASGIRequest`` or not), whatever kind of view it decorates. The
+database connections of the request's thread are closed before the stream starts: a long
+watch holds none. WebSocket upgrades are routed by :func:`asgi` through the same URLconf to
+the watch views (Channels is not needed); :func:`publish_on_commit` publishes after commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+try:
+    from asgiref.sync import async_to_sync, sync_to_async
+    from django.core.handlers.asgi import ASGIRequest
+    from django.db import connections, transaction
+    from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+    from django.http.response import HttpResponse
+    from django.urls import Resolver404, resolve
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "watchroutes.adapters.django needs Django: pip install 'watchroutes[django]'"
+    ) from exc
+
+from watchroutes import ClientError, MethodNotAllowed
+
+from . import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
+    BodyLimit,
+    Disconnected,
+    Hub,
+    HubThread,
+    Reply,
+    RequestInfo,
+    Resource,
+    WebSocketLimits,
+    WebSocketRequest,
+    decode_json,
+    mounted,
+    status_reply,
+    stream_chunks,
+    wsgi_body,
+)
+
+__all__ = [
+    "WatchViewMixin",
+    "asgi",
+    "error_response",
+    "list_response",
+    "publish_on_commit",
+    "read_json",
+    "reply_response",
+    "request_info",
+    "watch_view",
+    "watchable",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
+
+_runners: dict[int, HubThread] = {}
+_runners_lock = threading.Lock()
+
+
+def _runner(hub: Hub) -> HubThread:
+    """The hub's loop thread under WSGI: one per hub and process, started on first use and
+    stopped (every watch ended resumably) at exit by ``HubThread``'s owner, :func:`stop`."""
+    with _runners_lock:
+        runner = _runners.get(id(hub))
+        if runner is None:
+            runner = _runners[id(hub)] = HubThread(hub).start()
+        return runner
+
+
+def stop(timeout: float | None = None) -> None:
+    """Under WSGI: end every watch with a final bookmark and stop the hubs' threads (call it
+    from the server's exit hook, e.g. gunicorn's ``worker_int`` or a SIGTERM handler)."""
+    with _runners_lock:
+        runners = list(_runners.values())
+        _runners.clear()
+    for runner in runners:
+        runner.stop(timeout)
+
+
+def request_info(request: HttpRequest, key: str | None = None, kwargs: Any = None) -> RequestInfo:
+    """A Django request, framework-neutral; ``key`` names the URL argument of an object route."""
+    headers = request.headers
+    return RequestInfo(
+        query=[(name, value) for name, values in request.GET.lists() for value in values],
+        accept=headers.get("accept"),
+        last_event_id=headers.get("last-event-id"),
+        key=None if key is None else str((kwargs or {})[key]),
+    )
+
+
+def _release_db() -> None:
+    """Close this thread's database connections (outside a transaction): a watch holds none."""
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()
+
+
+async def _async_body(reply: Reply) -> AsyncIterator[bytes]:
+    assert reply.stream is not None
+    chunks = stream_chunks(reply.stream)
+    try:
+        yield reply.body  # even empty: the headers go out at once
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()
+
+
+def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
+    """A Django response for ``reply``; a watch streams as the handler needs it (an async
+    iterator under ASGI, a plain one under WSGI)."""
+    headers = dict(reply.headers)
+    if reply.stream is None and not reply.chunked:
+        return HttpResponse(reply.body, status=reply.status, headers=headers)
+    content: Any
+    if reply.stream is None:
+        content = [reply.body]
+    elif asynchronous:
+        content = _async_body(reply)
+    else:
+        content = wsgi_body(reply)
+    return StreamingHttpResponse(content, status=reply.status, headers=headers)
+
+
+def error_response(exc: ClientError) -> HttpResponseBase:
+    """A ``ClientError`` as its HTTP status and Status body."""
+    return reply_response(status_reply(exc), asynchronous=False)
+
+
+def _add_vary(response: HttpResponseBase) -> None:
+    vary = response.headers.get("Vary", "")
+    if "accept" not in vary.lower():
+        response.headers["Vary"] = f"{vary}, Accept" if vary else "Accept"
+
+
+#: What a GET asks the hub for: the watch or ``None`` (a decorated view answers the rest), the
+#: watch or the list (a watch view), the list only (HEAD: a plain GET without its body).
+_ASK = {"watch": "answer_watch", "full": "answer", "list": "answer_list"}
+
+
+async def _answer_async(
+    resource: Resource, request: HttpRequest, key: str | None, kwargs: Any, ask: str
+) -> HttpResponseBase | None:
+    if not isinstance(request, ASGIRequest):  # an async view under WSGI: the request thread
+        return await sync_to_async(_answer_sync)(resource, request, key, kwargs, ask)
+    hub = resource.hub
+    reply = await getattr(hub, _ASK[ask])(resource.name, request_info(request, key, kwargs))
+    if reply is None:
+        return None
+    if reply.stream is not None:
+        await sync_to_async(_release_db)()
+    return reply_response(reply, asynchronous=True)
+
+
+def _answer_sync(
+    resource: Resource, request: HttpRequest, key: str | None, kwargs: Any, ask: str
+) -> HttpResponseBase | None:
+    info = request_info(request, key, kwargs)
+    hub = resource.hub
+    call = getattr(hub, _ASK[ask])
+    asynchronous = isinstance(request, ASGIRequest)
+    if asynchronous:  # a sync view under ASGI: the hub runs on the server's loop
+        reply = async_to_sync(call)(resource.name, info)
+    else:
+        reply = _runner(hub).call(call, resource.name, info)
+    if reply is None:
+        return None
+    if reply.stream is not None:
+        _release_db()
+    return reply_response(reply, asynchronous=asynchronous)
+
+
+def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
+    """Decorate a function view (sync or async) so that it serves watches; it runs only for
+    plain GETs, and its responses get ``Vary: Accept``. ``key`` names the URL argument of an
+    object route."""
+    mounted(resource)
+
+    def decorate(view: F) -> F:
+        wrapper: Any
+        if inspect.iscoroutinefunction(view):
+
+            async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if request.method == "GET":
+                    answer = await _answer_async(resource, request, key, kwargs, "watch")
+                    if answer is not None:
+                        return answer
+                response = await view(request, *args, **kwargs)
+                _add_vary(response)
+                return response
+
+        else:
+
+            def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if request.method == "GET":
+                    answer = _answer_sync(resource, request, key, kwargs, "watch")
+                    if answer is not None:
+                        return answer
+                response = view(request, *args, **kwargs)
+                _add_vary(response)
+                return response
+
+        functools.update_wrapper(wrapper, view)
+        wrapper.watchroutes = (resource, key)  # for WebSocket routing (asgi())
+        return wrapper  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def watch_view(resource: Resource, *, key: str | None = None) -> Callable[..., Any]:
+    """A complete (async) view: the library's list (or object) body, or a watch. Under WSGI
+    Django runs it in a short event loop of its own and the watch still streams from the
+    request thread."""
+    mounted(resource)
+
+    async def view(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
+        if request.method not in ("GET", "HEAD"):
+            response = error_response(_method_not_allowed(request))
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        ask = "full" if request.method == "GET" else "list"
+        answer = await _answer_async(resource, request, key, kwargs, ask)
+        assert answer is not None
+        return answer
+
+    view.watchroutes = (resource, key)  # type: ignore[attr-defined]
+    return view
+
+
+def _method_not_allowed(request: HttpRequest) -> ClientError:
+    return MethodNotAllowed(f"{str(request.method)[:20]} is not allowed here")
+
+
+async def list_response(
+    resource: Resource, request: HttpRequest, *, key: str | None = None, **kwargs: Any
+) -> HttpResponseBase:
+    """The library's plain-GET answer: the Kubernetes-style list or, on an object route, the
+    object that the URL argument ``key`` (in ``kwargs``) names (404 when missing)."""
+    answer = await _answer_async(resource, request, key, kwargs, "list")
+    assert answer is not None
+    return answer
+
+
+class WatchViewMixin:
+    """For class-based views: ``get()`` serves watches before the view's own ``get``.
+    Set ``watch_resource`` (and ``watch_key`` on an object route)."""
+
+    watch_resource: Resource
+    watch_key: str | None = None
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method == "GET":
+            answer = _answer_sync(self.watch_resource, request, self.watch_key, kwargs, "watch")
+            if answer is not None:
+                return answer
+        response = super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+        _add_vary(response)
+        return response
+
+
+def read_json(
+    request: HttpRequest,
+    *,
+    limit: int = DEFAULT_MAX_BODY_BYTES,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> Any:
+    """The request's JSON body, limited while it is read (413); anything but JSON is a 400."""
+    counter = BodyLimit(limit, request.headers.get("content-length"))
+    while chunk := request.read(65536):
+        counter.feed(chunk)
+    return decode_json(counter.body(), max_depth=max_depth)
+
+
+def publish_on_commit(
+    resource: Resource,
+    type: str,  # noqa: A002 - as in Hub.publish
+    obj: Any,
+    *,
+    key: str | None = None,
+    using: str | None = None,
+) -> None:
+    """Publish ``obj`` once the current transaction commits (at once outside one), e.g. from
+    a ``post_save`` receiver. A crash between the commit and the publish loses the event; on
+    the PostgreSQL log, append inside the transaction instead (see docs/django.md)."""
+    publish = functools.partial(resource.publish, type, obj, key=key)
+    transaction.on_commit(publish, using=using, robust=True)
+
+
+# -- ASGI: lifespan and WebSocket around Django's handler (which refuses both)
+
+
+class _Socket:
+    """An ASGI WebSocket as the runtime's socket."""
+
+    def __init__(
+        self, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+    ):
+        self._receive = receive
+        self._send = send
+        self.gone = False
+
+    async def accept(self, subprotocol: str | None) -> None:
+        await self._receive()  # websocket.connect
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+
+    async def receive(self) -> str | bytes | None:
+        if self.gone:
+            return None
+        message = await self._receive()
+        if message["type"] != "websocket.receive":
+            self.gone = True
+            return None
+        if message.get("text") is not None:
+            return str(message["text"])
+        return bytes(message.get("bytes") or b"")
+
+    async def send(self, text: str) -> None:
+        if self.gone:
+            raise Disconnected
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except OSError as exc:  # uvicorn's ClientDisconnected
+            self.gone = True
+            raise Disconnected from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.gone:
+            self.gone = True
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def asgi(
+    application: ASGIApp,
+    hub: Hub | Iterable[Hub],
+    *,
+    authorize: Callable[[str | None], Any] | None = None,
+    limits: WebSocketLimits | None = None,
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
+) -> ASGIApp:
+    """Wrap Django's ASGI application: the lifespan enters and leaves the hubs, and a
+    WebSocket on a path whose view is a watch view serves WebSocket watches (others are
+    refused with 403). ``authorize`` gets the socket's bearer token (raise ``Unauthorized``
+    or ``Forbidden``); ``limits`` holds the per-socket limits and the Origin allow-list.
+
+    Django's handler reads a whole request body before the view runs, without a limit; this
+    wrapper reads it first and answers 413 past ``max_body`` while reading (before reading,
+    when ``Content-Length`` says so)."""
+    hubs = [hub] if isinstance(hub, Hub) else list(hub)
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(hubs, receive, send)
+        elif scope["type"] == "websocket":
+            await _websocket(scope, receive, send, authorize, limits)
+        else:
+            await _limited(application, max_body, scope, receive, send)
+
+    return app
+
+
+async def _limited(application: ASGIApp, limit: int, scope: Scope, receive: Any, send: Any) -> None:
+    headers = dict(scope.get("headers") or ())
+    try:
+        counter = BodyLimit(limit, _latin1(headers.get(b"content-length")))
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            counter.feed(message.get("body", b""))
+            more = message.get("more_body", False)
+    except ClientError as exc:
+        reply = status_reply(exc)
+        raw = [(k.encode(), v.encode()) for k, v in reply.headers]
+        raw.append((b"content-length", str(len(reply.body)).encode()))
+        raw.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": raw})
+        await send({"type": "http.response.body", "body": reply.body})
+        return
+    replayed = False
+
+    async def replay() -> Any:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": counter.body(), "more_body": False}
+        return await receive()
+
+    await application(scope, replay, send)
+
+
+def _latin1(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+async def _lifespan(hubs: list[Hub], receive: Any, send: Any) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        await receive()  # lifespan.startup
+        try:
+            for hub in hubs:
+                await stack.enter_async_context(hub)
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)[:200]})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _websocket(scope: Scope, receive: Any, send: Any, authorize: Any, limits: Any) -> None:
+    try:
+        match = await sync_to_async(resolve)(scope["path"])
+    except Resolver404:
+        match = None
+    target = getattr(match.func, "watchroutes", None) if match is not None else None
+    if target is None:
+        await receive()
+        await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+        return
+    resource, key = target
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    request = WebSocketRequest(
+        query=parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True),
+        subprotocols=tuple(scope.get("subprotocols") or ()),
+        origin=headers.get("origin"),
+        host=headers.get("host"),
+        secure=scope.get("scheme") == "wss",
+        key=None if key is None else str(match.kwargs[key]),
+        authorization=headers.get("authorization"),
+    )
+    await resource.hub.serve_websocket(
+        resource.name, request, _Socket(receive, send), authorize=authorize, limits=limits
+    )
