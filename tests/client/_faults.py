@@ -38,6 +38,9 @@ class Network(httpx.AsyncBaseTransport):
     def cut(self) -> None:
         self.generation += 1
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.refuse:

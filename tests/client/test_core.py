@@ -352,3 +352,32 @@ def test_default_key_and_the_browser_module() -> None:
     assert source.startswith(b"// watchroutes.js")
     assert b"export class Informer" in source
     assert b"import " not in source.split(b"export class")[0]  # no dependencies
+
+
+def test_websocket_requests_and_close_codes() -> None:
+    c, clock = core("websocket", token="t", params={"labelSelector": "a=b"})
+    spec = c.request()
+    assert spec.url == "ws://h/orders?labelSelector=a%3Db&allowWatchBookmarks=true"
+    assert spec.params == ()
+    assert spec.headers == {"Authorization": "Bearer t"}
+    with pytest.raises(ProtocolError, match="subprotocol"):
+        c.opened_websocket(None)
+    c.opened_websocket("watchroutes.v1")
+    bookmark = {"id": "", "type": "BOOKMARK", "object": end_bookmark("5"), "resourceVersion": "5"}
+    (event,) = c.message(json.dumps(bookmark))
+    assert event.initial_events_end
+    clock.now = 10
+    assert c.closed(1012, "shutting down") == 0.0  # resume elsewhere, at once
+    spec = c.request()
+    assert "resourceVersion=5" in spec.url
+    c.opened_websocket("watchroutes.v1")
+    assert c.closed(4429, "rate") == 0.4  # back off
+    assert c.closed(None, "") == 0.8  # no close frame: a network failure
+    with pytest.raises(UnauthorizedError):
+        c.closed(4401, "credentials expired")
+    with pytest.raises(StatusError) as info:
+        c.closed(4403, "access revoked")
+    assert (info.value.code, info.value.message) == (403, "access revoked")
+    secure, _ = core("websocket")
+    secure.url = "https://h/orders?x=1"
+    assert secure.request().url == "wss://h/orders?x=1&allowWatchBookmarks=true"

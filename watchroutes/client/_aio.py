@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -24,6 +25,7 @@ from ._protocol import (
     MAX_ERROR_BODY,
     REFRESH,
     Outcome,
+    RequestSpec,
     Transport,
     WatchCore,
     WatchStatistics,
@@ -144,35 +146,21 @@ class Watch:
         client = self._client
         owned = client is None
         if client is None:
-            client = httpx.AsyncClient(trust_env=False)
+            client = httpx.AsyncClient()
         try:
             while True:
                 spec = core.request()
-                timeout = httpx.Timeout(CONNECT_TIMEOUT, read=spec.read_timeout)
-                outcome: Outcome
-                try:
-                    async with client.stream(
-                        "GET", spec.url, params=spec.params, headers=spec.headers, timeout=timeout
-                    ) as response:
-                        if response.status_code != 200:
-                            body = await _head(response)
-                            retry_after = response.headers.get("retry-after")
-                            outcome = core.refused(response.status_code, retry_after, body)
-                        elif core.transport is Transport.LONG_POLL:
-                            core.opened(response.headers.get("content-type", ""))
-                            for event in core.answer(await response.aread()):
-                                yield event
-                            outcome = 0.0
-                        else:
-                            core.opened(response.headers.get("content-type", ""))
-                            async for chunk in response.aiter_bytes():
-                                for event in core.feed(chunk):
-                                    yield event
-                                if core.finished:
-                                    break
-                            outcome = core.ended()
-                except httpx.TransportError as exc:
-                    outcome = core.failed(exc)
+                result: list[Outcome] = []
+                if core.transport is Transport.WEBSOCKET:
+                    from ._websocket import stream_async
+
+                    attempt = stream_async(core, spec, result)
+                else:
+                    attempt = _attempt(core, client, spec, result)
+                async with contextlib.aclosing(attempt) as events:
+                    async for event in events:
+                        yield event
+                outcome = result[0]
                 for event in core.take_pending():
                     yield event
                 if outcome is REFRESH:
@@ -186,6 +174,36 @@ class Watch:
         finally:
             if owned:
                 await client.aclose()
+
+
+async def _attempt(
+    core: WatchCore, client: httpx.AsyncClient, spec: RequestSpec, outcome: list[Outcome]
+) -> AsyncGenerator[WatchEvent, None]:
+    """The events of one HTTP request; appends what to do next to ``outcome``."""
+    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=spec.read_timeout)
+    try:
+        async with client.stream(
+            "GET", spec.url, params=spec.params, headers=spec.headers, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                body = await _head(response)
+                retry_after = response.headers.get("retry-after")
+                outcome.append(core.refused(response.status_code, retry_after, body))
+                return
+            core.opened(response.headers.get("content-type", ""))
+            if core.transport is Transport.LONG_POLL:
+                for event in core.answer(await response.aread()):
+                    yield event
+                outcome.append(0.0)
+                return
+            async for chunk in response.aiter_bytes():
+                for event in core.feed(chunk):
+                    yield event
+                if core.finished:
+                    break
+            outcome.append(core.ended())
+    except httpx.TransportError as exc:
+        outcome.append(core.failed(exc))
 
 
 async def _head(response: httpx.Response) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple
+from urllib.parse import urlencode
 
 import msgspec
 
@@ -56,6 +57,19 @@ DEFAULT_POLL_TIMEOUT: Final = 30
 MIN_HEALTHY: Final = 1.0
 #: Most bytes of an error answer that are read (a Status is a few hundred).
 MAX_ERROR_BODY: Final = 64 * 1024
+#: The WebSocket subprotocol of DESIGN 4.
+SUBPROTOCOL: Final = "watchroutes.v1"
+#: WebSocket close codes after which the watch resumes (DESIGN 4): normal closure (the URL's
+#: timeoutSeconds), going away, server shutdown (1012), try again later, slow consumer (4008).
+_RESUME_CLOSES: Final = frozenset({1000, 1001, 1012, 1013, 4008})
+#: Close codes that are Statuses (DESIGN 4 and 7); 4429 is retried with backoff.
+_CLOSE_STATUSES: Final = {
+    4400: (400, "BadRequest"),
+    4401: (401, "Unauthorized"),
+    4403: (403, "Forbidden"),
+    1009: (413, "RequestEntityTooLarge"),
+    1008: (403, "Forbidden"),
+}
 
 
 class Transport(enum.StrEnum):
@@ -64,6 +78,8 @@ class Transport(enum.StrEnum):
     SSE = "sse"
     JSON_LINES = "jsonlines"
     LONG_POLL = "longpoll"
+    #: DESIGN 4 (asyncio only: it runs on the ``websockets`` package).
+    WEBSOCKET = "websocket"
 
 
 class _Refresh(enum.Enum):
@@ -204,7 +220,9 @@ class WatchCore:
         self._retry_ms = None
         self._error = None
         self.finished = False
-        params = [("watch", "true"), *self.params.items()]
+        websocket = self.transport is Transport.WEBSOCKET
+        params = [] if websocket else [("watch", "true")]
+        params += self.params.items()
         headers = dict(self.headers)
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -219,7 +237,7 @@ class WatchCore:
             headers.setdefault("Accept", "application/json")
             if rv is not None:
                 params.append(("resourceVersion", rv))
-            if self.transport is Transport.JSON_LINES:
+            if self.transport is Transport.JSON_LINES or websocket:
                 params.append(("allowWatchBookmarks", "true"))
                 read_timeout = self.read_timeout
             else:
@@ -232,6 +250,14 @@ class WatchCore:
             params.append(("sendInitialEvents", "true"))
         elif rv is None and self._send_initial is False:
             params.append(("sendInitialEvents", "false"))
+        if websocket:
+            # The socket's URL carries the whole query (the subscription ""), in ws(s):.
+            headers.pop("Accept", None)
+            scheme, colon, rest = self.url.partition(":")
+            scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme)
+            separator = "&" if "?" in rest else "?"
+            query = separator + urlencode(params) if params else ""
+            return RequestSpec(f"{scheme}{colon}{rest}{query}", (), headers, read_timeout)
         return RequestSpec(self.url, tuple(params), headers, read_timeout)
 
     # -- answers -----------------------------------------------------------------------------
@@ -250,6 +276,36 @@ class WatchCore:
         self._connected = True
         self._opened_at = now
         self._last_receipt = now
+
+    def opened_websocket(self, subprotocol: str | None) -> None:
+        """The WebSocket handshake succeeded with this subprotocol."""
+        if subprotocol != SUBPROTOCOL:
+            raise ProtocolError(f"{self.url} did not select the {SUBPROTOCOL} subprotocol")
+        self.opened("application/json")
+
+    def message(self, data: str | bytes) -> list[WatchEvent]:
+        """One WebSocket text message: an envelope of the subscription ``""``."""
+        self._last_receipt = self.clock()
+        envelope = decode(data.encode() if isinstance(data, str) else data)
+        event = self._envelope(envelope, None)
+        return [] if event is None else [event]
+
+    def closed(self, code: int | None, reason: str) -> Outcome:
+        """The socket closed with ``code`` (``None``: without a close frame)."""
+        self._connected = False
+        if self._error is not None:
+            return self.ended()
+        if code in _CLOSE_STATUSES:
+            http, name = _CLOSE_STATUSES[code]
+            message = reason or f"closed with {code}"
+            status = _status_of(http, msgspec.json.encode({"message": message}))
+            status["reason"] = name
+            return self._outcome(status, 0.0)
+        if code in _RESUME_CLOSES:
+            return self.ended()
+        self._last_error = f"closed with {code}: {reason}" if code else "closed without a code"
+        self._drop_initial()
+        return self.backoff.failure(self.clock())
 
     def refused(self, code: int, retry_after: str | None, body: bytes) -> Outcome:
         """A non-200 answer (its first bytes)."""

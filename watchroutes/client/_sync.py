@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
@@ -22,6 +23,7 @@ from ._protocol import (
     MAX_ERROR_BODY,
     REFRESH,
     Outcome,
+    RequestSpec,
     Transport,
     WatchCore,
     WatchStatistics,
@@ -122,33 +124,20 @@ class SyncWatch:
         client = self._client
         owned = client is None
         if client is None:
-            client = httpx.Client(trust_env=False)
+            client = httpx.Client()
         try:
             while True:
                 spec = core.request()
-                timeout = httpx.Timeout(CONNECT_TIMEOUT, read=spec.read_timeout)
-                outcome: Outcome
-                try:
-                    with client.stream(
-                        "GET", spec.url, params=spec.params, headers=spec.headers, timeout=timeout
-                    ) as response:
-                        if response.status_code != 200:
-                            body = _head(response)
-                            retry_after = response.headers.get("retry-after")
-                            outcome = core.refused(response.status_code, retry_after, body)
-                        elif core.transport is Transport.LONG_POLL:
-                            core.opened(response.headers.get("content-type", ""))
-                            yield from core.answer(response.read())
-                            outcome = 0.0
-                        else:
-                            core.opened(response.headers.get("content-type", ""))
-                            for chunk in response.iter_bytes():
-                                yield from core.feed(chunk)
-                                if core.finished:
-                                    break
-                            outcome = core.ended()
-                except httpx.TransportError as exc:
-                    outcome = core.failed(exc)
+                result: list[Outcome] = []
+                if core.transport is Transport.WEBSOCKET:
+                    from ._websocket import stream_sync
+
+                    attempt = stream_sync(core, spec, result)
+                else:
+                    attempt = _attempt(core, client, spec, result)
+                with contextlib.closing(attempt) as events:
+                    yield from events
+                outcome = result[0]
                 yield from core.take_pending()
                 if outcome is REFRESH:
                     assert self._token_refresh is not None
@@ -158,6 +147,34 @@ class SyncWatch:
         finally:
             if owned:
                 client.close()
+
+
+def _attempt(
+    core: WatchCore, client: httpx.Client, spec: RequestSpec, outcome: list[Outcome]
+) -> Generator[WatchEvent, None, None]:
+    """The events of one HTTP request; appends what to do next to ``outcome``."""
+    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=spec.read_timeout)
+    try:
+        with client.stream(
+            "GET", spec.url, params=spec.params, headers=spec.headers, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                body = _head(response)
+                retry_after = response.headers.get("retry-after")
+                outcome.append(core.refused(response.status_code, retry_after, body))
+                return
+            core.opened(response.headers.get("content-type", ""))
+            if core.transport is Transport.LONG_POLL:
+                yield from core.answer(response.read())
+                outcome.append(0.0)
+                return
+            for chunk in response.iter_bytes():
+                yield from core.feed(chunk)
+                if core.finished:
+                    break
+            outcome.append(core.ended())
+    except httpx.TransportError as exc:
+        outcome.append(core.failed(exc))
 
 
 def _head(response: httpx.Response) -> bytes:
