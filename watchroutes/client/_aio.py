@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import time
@@ -110,17 +111,32 @@ class Watch:
         self._client = client
         self._token_refresh = token_refresh
         self._sleep = sleep
-        self._events = self._run()
+        # Events travel in batches (those of one chunk): one async step per chunk, not per
+        # event, through the generators.
+        self._batches = self._run()
+        self._pending: collections.deque[WatchEvent] = collections.deque()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> WatchEvent:
-        return await self._events.__anext__()
+        pending = self._pending
+        while not pending:
+            pending.extend(await self._batches.__anext__())
+        return pending.popleft()
+
+    async def batches(self) -> AsyncGenerator[list[WatchEvent], None]:
+        """The events as they arrive, a list at a time (those of one read)."""
+        if self._pending:
+            batch = list(self._pending)
+            self._pending.clear()
+            yield batch
+        async for batch in self._batches:
+            yield batch
 
     async def aclose(self) -> None:
         """Close the connection (and the client, when the watch made it)."""
-        await self._events.aclose()
+        await self._batches.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -141,7 +157,7 @@ class Watch:
     def statistics(self) -> WatchStatistics:
         return self._core.statistics()
 
-    async def _run(self) -> AsyncGenerator[WatchEvent, None]:
+    async def _run(self) -> AsyncGenerator[list[WatchEvent], None]:
         core = self._core
         client = self._client
         owned = client is None
@@ -157,12 +173,13 @@ class Watch:
                     attempt = stream_async(core, spec, result)
                 else:
                     attempt = _attempt(core, client, spec, result)
-                async with contextlib.aclosing(attempt) as events:
-                    async for event in events:
-                        yield event
+                async with contextlib.aclosing(attempt) as batches:
+                    async for batch in batches:
+                        yield batch
                 outcome = result[0]
-                for event in core.take_pending():
-                    yield event
+                pending = core.take_pending()
+                if pending:
+                    yield pending
                 if outcome is REFRESH:
                     assert self._token_refresh is not None
                     token = self._token_refresh()
@@ -178,7 +195,7 @@ class Watch:
 
 async def _attempt(
     core: WatchCore, client: httpx.AsyncClient, spec: RequestSpec, outcome: list[Outcome]
-) -> AsyncGenerator[WatchEvent, None]:
+) -> AsyncGenerator[list[WatchEvent], None]:
     """The events of one HTTP request; appends what to do next to ``outcome``."""
     timeout = httpx.Timeout(CONNECT_TIMEOUT, read=spec.read_timeout)
     try:
@@ -192,13 +209,15 @@ async def _attempt(
                 return
             core.opened(response.headers.get("content-type", ""))
             if core.transport is Transport.LONG_POLL:
-                for event in core.answer(await response.aread()):
-                    yield event
+                batch = core.answer(await response.aread())
+                if batch:
+                    yield batch
                 outcome.append(0.0)
                 return
             async for chunk in response.aiter_bytes():
-                for event in core.feed(chunk):
-                    yield event
+                batch = core.feed(chunk)
+                if batch:
+                    yield batch
                 if core.finished:
                     break
             outcome.append(core.ended())

@@ -192,10 +192,11 @@ class Informer:
         synced = self._synced()
         store = self._store
         try:
-            async with self._watch as events:
-                async for event in events:
-                    for change in store.apply(event):
-                        await self._dispatch(change)
+            async with self._watch as watch_, contextlib.aclosing(watch_.batches()) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        for change in store.apply(event):
+                            await self._dispatch(change)
                     if store.synced and not synced.is_set():
                         synced.set()
         except WatchClientError as exc:

@@ -16,9 +16,7 @@ try:
     from websockets.sync.client import connect as connect_sync
     from websockets.typing import Subprotocol
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError(
-        "the WebSocket transport needs websockets: pip install 'watchroutes[client]'"
-    ) from exc
+    raise ImportError("the WebSocket transport needs websockets: pip install websockets") from exc
 
 from ._events import WatchEvent
 from ._protocol import SUBPROTOCOL, Outcome, RequestSpec, WatchCore
@@ -35,8 +33,9 @@ _PROTOCOLS: Final = [Subprotocol(SUBPROTOCOL)]
 
 async def stream_async(
     core: WatchCore, spec: RequestSpec, outcome: list[Outcome]
-) -> AsyncGenerator[WatchEvent, None]:
-    """The events of one connection; appends what to do next to ``outcome``."""
+) -> AsyncGenerator[list[WatchEvent], None]:
+    """The events of one connection, a message at a time; appends what to do next to
+    ``outcome``."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -57,8 +56,9 @@ async def stream_async(
                 except TimeoutError:
                     outcome.append(core.failed(TimeoutError("no message within the read timeout")))
                     return
-                for event in core.message(data):
-                    yield event
+                batch = core.message(data)
+                if batch:
+                    yield batch
                 if core.finished:  # an ERROR of the subscription: close, then decide
                     outcome.append(core.ended())
                     return
