@@ -133,7 +133,7 @@ def iterate_watch(stream: WatchStream) -> Iterator[bytes]:
     write until the watch ends. Closing the iterator (the server's write failed, the client
     left) ends the watch and releases its subscription."""
     hub = stream.hub
-    lock = hub._lock
+    lock = hub.lock
     state = hub.state
     now = hub.clock.now
     session = stream.session

@@ -12,12 +12,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import inspect
 import logging
-import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -30,22 +28,20 @@ from .._core.errors import (
     ClientError,
     Conflict,
     Expired,
-    InternalError,
     NotFound,
     ServiceUnavailable,
     UsageError,
 )
-from .._core.events import Entry, EventType, Frame
+from .._core.events import Entry, EventType
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
-from .._core.metrics import Metrics, NullMetrics
+from .._core.metrics import Metrics
 from .._core.objects import NameRule, object_rv
 from .._core.params import Mode, WatchRequest, parse_request
-from .._core.registry import DEFAULT_BUFFER_SIZE, CloseReason, SlowConsumerPolicy
+from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
 from .._core.session import DEFAULT_HEARTBEAT
 from .._core.state import (
     DEFAULT_MAX_OBJECT_BYTES,
-    HubState,
     StateSource,
     _stamp,
     object_key,
@@ -60,7 +56,16 @@ from .._core.writes import (
     plan_patch,
     plan_replace,
 )
-from .clock import Clock, SystemClock
+from .clock import Clock
+from .node import (
+    DEFAULT_MAX_WATCH_SECONDS,
+    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_WRITE_TIMEOUT,
+    SHUTDOWN_APPLY_WAIT,
+    Node,
+    ResourceSpec,
+    Snapshot,
+)
 from .replica import Replica
 from .reply import Reply, error_reply, json_reply
 from .stream import open_stream
@@ -81,33 +86,8 @@ __all__ = [
 T = TypeVar("T")
 logger = logging.getLogger("watchroutes")
 
-#: Longest a watch lasts before the server ends it (randomised to 1x-2x so clients do not
-#: reconnect in step); kube-apiserver's --min-request-timeout default.
-DEFAULT_MAX_WATCH_SECONDS: Final = 1800.0
-#: A write that does not complete in this time ends the watch (a half-open or stuck peer).
-DEFAULT_WRITE_TIMEOUT: Final = 10.0
-#: How long shutdown waits for streams to end before cancelling them.
-DEFAULT_SHUTDOWN_GRACE: Final = 5.0
-#: On a shared log, how long shutdown waits for this node to apply the writes it
-#: acknowledged before it ends the streams with their final bookmarks.
-SHUTDOWN_APPLY_WAIT: Final = 1.0
 #: Seconds a watch refused for capacity (``max_watches``) is told to wait before retrying.
 CAPACITY_RETRY_AFTER: Final = 2
-
-Snapshot = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
-
-
-class _Tracked(Protocol):
-    """An open watch stream or WebSocket, as shutdown sees it."""
-
-    @property
-    def watches(self) -> int:
-        """The watches it serves: 1 for a stream, a WebSocket's open subscriptions."""
-        ...
-
-    def on_shutdown(self) -> None: ...
-
-    def cancel(self) -> None: ...
 
 
 class HubStatistics(NamedTuple):
@@ -134,36 +114,12 @@ class RequestInfo(NamedTuple):
     key: str | None = None
 
 
-class Resource:
+class Resource(ResourceSpec):
     """A watchable collection; ``hub.resource("orders", kind="Order")`` returns one."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        name: str,
-        *,
-        kind: str,
-        api_version: str,
-        snapshot: Snapshot | None,
-        cache: bool,
-        slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
-        names: NameRule = "subdomain",
-    ) -> None:
+    def __init__(self, hub: Hub, name: str, **spec: Any) -> None:
+        super().__init__(name, max_object_bytes=hub.state.max_object_bytes, **spec)
         self.hub = hub
-        self.slow_consumer = slow_consumer
-        #: How object names (keys) are checked on every write (``watchroutes._core.objects``).
-        self.names = names
-        #: What every write of this resource is checked against (``watchroutes._core.writes``).
-        self.rules = Rules(name, kind, names, hub.state.max_object_bytes)
-        self.name = name
-        self.kind = kind
-        self.api_version = api_version
-        self.list_kind = kind + "List"
-        self.snapshot = snapshot
-        if snapshot is not None:
-            self.source = StateSource.CALLBACK
-        else:
-            self.source = StateSource.CACHE if cache else StateSource.NONE
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, kind={self.kind!r})"
@@ -218,7 +174,7 @@ class Resource:
         return await self.hub.aseed(self.name, objects)
 
 
-class Hub:
+class Hub(Node):
     """Resources, their event log, subscriptions and clocks, for one application."""
 
     def __init__(
@@ -239,33 +195,21 @@ class Hub:
         handle_signals: bool = True,
         max_watches: int | None = None,
     ) -> None:
-        if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
-            raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
-        if buffer < 1 or retention_events < 1 or retention_seconds <= 0:
-            raise ValueError("buffer, retention_events and retention_seconds must be positive")
-        self.clock: Clock = clock or SystemClock()
-        #: Where the hub reports what it does (``watchroutes.prometheus.PrometheusMetrics``).
-        self.metrics: Metrics = metrics or NullMetrics()
-        self.heartbeat = heartbeat
-        self.buffer = buffer
-        self.max_watch_seconds = max_watch_seconds
-        self.write_timeout = write_timeout
-        self.shutdown_grace = shutdown_grace
-        self.retry_ms = retry_ms
-        self.state = HubState(
-            now_us=self.clock.time_us(),
+        super().__init__(
+            heartbeat=heartbeat,
+            buffer=buffer,
             retention_events=retention_events,
             retention_seconds=retention_seconds,
-            young_window=2 * heartbeat,
+            max_watch_seconds=max_watch_seconds,
+            write_timeout=write_timeout,
+            shutdown_grace=shutdown_grace,
+            retry_ms=retry_ms,
             max_object_bytes=max_object_bytes,
+            clock=clock,
+            metrics=metrics,
+            max_watches=max_watches,
         )
         self.resources: dict[str, Resource] = {}
-        self._lock = threading.RLock()
-        self._token: anyio.lowlevel.EventLoopToken | None = None
-        self._loop_thread: int | None = None
-        self._streams: set[_Tracked] = set()
-        self._streams_idle: anyio.Event | None = None
-        self._random = random.Random()
         if isinstance(backend, str):
             from ..backends import from_url
 
@@ -273,15 +217,10 @@ class Hub:
         #: The shared log this hub follows (``None``: its own log, in memory).
         self.backend: LogBackend | None = backend
         self._replica = None if backend is None else Replica(self, backend)
+        self.follower = self._replica
         self._task_group: anyio.abc.TaskGroup | None = None
         #: Chain SIGINT/SIGTERM to :meth:`begin_shutdown` while started (see ``signals``).
         self.handle_signals = handle_signals
-        if max_watches is not None and max_watches < 1:
-            raise ValueError("max_watches must be positive (or None: no limit)")
-        #: The most watches this process serves at once (``None``: no limit). Under a
-        #: threaded WSGI server each watch holds a thread: keep it below the thread count so
-        #: plain requests still find one. Past it a new watch gets a retryable 503.
-        self.max_watches = max_watches
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -315,7 +254,9 @@ class Hub:
             raise UsageError(
                 f"slow_consumer must be 'disconnect' or 'coalesce', not {slow_consumer!r}"
             ) from None
-        with self._lock:
+        with self.lock:
+            if name in self.specs:
+                raise UsageError(f"resource {name!r} is already registered")
             self.state.add_resource(name, max_events=retention_events, max_age=retention_seconds)
             kind = kind or (name[:-1] if name.endswith("s") else name).capitalize()
             res = Resource(
@@ -329,16 +270,8 @@ class Hub:
                 names=names,
             )
             self.resources[name] = res
+            self.specs[name] = res
             return res
-
-    def bind(self) -> None:
-        """Attach the hub to the running event loop (done on each use from async code).
-
-        A hub serves one event loop at a time; the most recent loop that used it wins, so
-        a hub kept across two ``anyio.run`` calls follows the second.
-        """
-        self._token = anyio.lowlevel.current_token()
-        self._loop_thread = threading.get_ident()
 
     async def __aenter__(self) -> Hub:
         """Bind to the running loop and, with a shared backend, start following it (the
@@ -370,27 +303,6 @@ class Hub:
     def available(self) -> bool:
         """False while a shared log is unreachable (watches and writes get 503)."""
         return self._replica is None or self._replica.available
-
-    # -- thread routing ----------------------------------------------------------------------
-
-    def _call(self, func: Callable[..., T], *args: Any) -> T:
-        token = self._token
-        if token is not None and threading.get_ident() != self._loop_thread:
-            try:
-                return anyio.from_thread.run_sync(self._locked, func, *args, token=token)
-            except anyio.RunFinishedError:
-                self._token = self._loop_thread = None
-        return self._locked(func, *args)
-
-    def _locked(self, func: Callable[..., T], *args: Any) -> T:
-        with self._lock:  # readers in other threads (get, list, statistics) take it too
-            return func(*args)
-
-    def _resource(self, name: str) -> Resource:
-        try:
-            return self.resources[name]
-        except KeyError:
-            raise NotFound(f"resource {name[:100]!r} not found") from None
 
     # -- writes --------------------------------------------------------------------------------
     #
@@ -456,12 +368,12 @@ class Hub:
 
     def _commit(self, planned: Planned) -> Any:
         if self._replica is None:
-            return self._call(self._commit_local, planned)
+            return self.call(self._commit_local, planned)
         return self._shared(self._commit_shared, planned)
 
     async def _acommit(self, planned: Planned) -> Any:
         if self._replica is None:
-            return self._call(self._commit_local, planned)
+            return self.call(self._commit_local, planned)
         return await self._commit_shared(planned)
 
     def _plan_publish(
@@ -497,7 +409,7 @@ class Hub:
     def patch(self, resource: str, key: str, patch: Any) -> Any:
         """Apply a JSON merge patch (RFC 7386) to an existing object."""
         if self._replica is None:
-            return self._call(self._patch_local, resource, key, patch)
+            return self.call(self._patch_local, resource, key, patch)
         return self._shared(self.apatch, resource, key, patch)
 
     def _patch_local(self, resource: str, key: str, patch: Any) -> Any:
@@ -524,7 +436,7 @@ class Hub:
         for obj in objects:
             plan_change(rules, EventType.ADDED, object_key(obj), obj)  # the same rules
         clock = self.clock
-        with self._lock:
+        with self.lock:
             return self.state.seed(resource, objects, now=clock.now(), now_us=clock.time_us())
 
     def _shared(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
@@ -560,7 +472,7 @@ class Hub:
     async def apatch(self, resource: str, key: str, patch: Any) -> Any:
         replica = self._replica
         if replica is None:
-            return self._call(self._patch_local, resource, key, patch)
+            return self.call(self._patch_local, resource, key, patch)
         rules = self._rules(resource)
         given = object_rv(patch) if isinstance(patch, Mapping) else None
         for _ in range(5):  # another node changed the object between our read and our write
@@ -591,22 +503,6 @@ class Hub:
                 count += 1
         return count
 
-    async def _sync(self, parsed: WatchRequest) -> None:
-        """Consistent reads across nodes (DESIGN 3.1); nothing to do on an in-memory log.
-        ``resourceVersion=0`` does not ask the log, but still sees this node's own writes."""
-        replica = self._replica
-        if replica is None:
-            return
-        if parsed.resource_version == 0:
-            await replica.own_writes()
-        else:
-            await replica.sync(parsed.resource_version)
-
-    def _end_watches(self, reason: CloseReason) -> None:
-        self.state.end_watches(reason)
-        for stream in list(self._streams):
-            stream.on_shutdown()
-
     # -- reads ---------------------------------------------------------------------------------
 
     @property
@@ -616,14 +512,14 @@ class Hub:
     def get(self, resource: str, key: str) -> Any:
         """The current object in this node's state, or ``NotFound``. With a shared log that is
         as far as this node has applied it: :meth:`aget` reads at the log's head."""
-        with self._lock:
+        with self.lock:
             self._resource(resource)
             return self._current(resource, key).object
 
     def list(self, resource: str) -> tuple[str, list[Any]]:
         """The rv and every object of ``resource`` in this node's state, consistent with each
         other (with a shared log, :meth:`alist` reads at the log's head)."""
-        with self._lock:
+        with self.lock:
             self._resource(resource)
             head, items = self.state.snapshot(resource, EVERYTHING)
             return str(head), items
@@ -644,12 +540,12 @@ class Hub:
             await self._replica.sync(None)
 
     def statistics(self) -> HubStatistics:
-        with self._lock:
+        with self.lock:
             state = self.state
             return HubStatistics(
                 head=state.head,
                 resources=len(state.logs),
-                active_watches=sum(tracked.watches for tracked in self._streams),
+                active_watches=sum(tracked.watches for tracked in self.streams),
                 events_published=state.published,
                 cached_objects=sum(len(log.state) for log in state.logs.values()),
                 evicted_young=sum(log.evicted_young for log in state.logs.values()),
@@ -724,13 +620,13 @@ class Hub:
         try:
             res = self._resource(resource)
             parsed = parse_request(request.query, key=request.key)
-            await self._sync(parsed)
+            await self.sync(parsed)
             if res.source is StateSource.CALLBACK:
                 head = self.head
                 self._check_not_ahead(parsed, head)
                 items = await self.snapshot_objects(res, parsed)
             else:
-                with self._lock:
+                with self.lock:
                     head, items = self._list_checked(res, parsed)
             if request.key is not None:
                 if not items:
@@ -756,57 +652,11 @@ class Hub:
         self._check_not_ahead(parsed, self.head)
         return self.state.snapshot(res.name, parsed.filter)
 
-    def end_at(self, timeout_seconds: int | None) -> float:
-        limit = self.max_watch_seconds * (1.0 + self._random.random())
-        if timeout_seconds:
-            limit = min(limit, float(timeout_seconds))
-        return self.clock.now() + limit
-
-    async def snapshot_objects(self, res: Resource, parsed: WatchRequest) -> builtins.list[Any]:
-        """The application snapshot callback's objects that match the request's selectors."""
-        assert res.snapshot is not None
+    def _resource(self, name: str) -> Resource:
         try:
-            result = res.snapshot()
-            objects = await result if inspect.isawaitable(result) else result
-            flt = parsed.filter
-            return [obj for obj in objects if flt.everything or flt.matches(obj)]
-        except Exception:
-            logger.exception("snapshot callback of %r failed", res.name)
-            raise InternalError("the snapshot of the current state failed") from None
-
-    async def snapshot_frames(self, res: Resource, parsed: WatchRequest) -> builtins.list[Frame]:
-        """Initial frames from the snapshot callback: ``ADDED`` without id or rv."""
-        return [
-            Frame(EventType.ADDED, obj, None) for obj in await self.snapshot_objects(res, parsed)
-        ]
-
-    # -- streams and shutdown --------------------------------------------------------------------
-
-    def _track(self, stream: _Tracked) -> None:
-        self._streams.add(stream)
-
-    def _untrack(self, stream: _Tracked) -> None:
-        self._streams.discard(stream)
-        if not self._streams and self._streams_idle is not None:
-            self._streams_idle.set()
-
-    @property
-    def closing(self) -> bool:
-        return self.state.closing
-
-    def begin_shutdown(self) -> None:
-        """Refuse new watches and end every open stream resumably (final bookmark, then end).
-
-        Callable from the event loop (a coroutine, a callback) and from any other thread;
-        not from a ``signal.signal`` handler, which may interrupt the loop's thread in the
-        middle of a change (use ``loop.add_signal_handler`` or a thread). See :meth:`aclose`
-        to wait for the streams to end.
-        """
-        self._call(self._begin_shutdown)
-
-    def _begin_shutdown(self) -> None:
-        self.state.closing = True
-        self._end_watches(CloseReason.SHUTDOWN)
+            return self.resources[name]
+        except KeyError:
+            raise NotFound(f"resource {name[:100]!r} not found") from None
 
     async def aclose(self) -> None:
         """Shut down: end every stream, wait up to ``shutdown_grace``, cancel what remains.
@@ -821,9 +671,4 @@ class Hub:
             with anyio.move_on_after(SHUTDOWN_APPLY_WAIT):
                 await replica.own_writes()
         self.begin_shutdown()
-        if self._streams:
-            self._streams_idle = anyio.Event()
-            with anyio.move_on_after(self.shutdown_grace):
-                await self._streams_idle.wait()
-            for stream in list(self._streams):
-                stream.cancel()
+        await self.wait_streams(self.shutdown_grace)

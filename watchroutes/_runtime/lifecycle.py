@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Final
 from . import signals
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .node import Node
 
 __all__ = ["hub_started", "hub_stopping", "worker_server"]
 
@@ -59,10 +59,10 @@ MULTI_WORKER_WARNING: Final = (
 _warned = False
 
 
-def hub_started(hub: Hub) -> None:
+def hub_started(hub: Node) -> None:
     """The hub is running on its loop: chain the exit signals, warn about one log per worker."""
     global _warned
-    if hub.backend is None and not _warned:
+    if hub.follower is None and not _warned:
         server = worker_server()
         if server is not None:
             _warned = True
@@ -71,7 +71,7 @@ def hub_started(hub: Hub) -> None:
         signals.install(hub)
 
 
-def hub_stopping(hub: Hub) -> None:
+def hub_stopping(hub: Node) -> None:
     """The hub is stopping: give back the signal handlers it chained."""
     signals.restore(hub)
 

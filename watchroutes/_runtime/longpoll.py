@@ -11,7 +11,7 @@ from .meter import WatchMeter
 from .reply import JSON_HEADERS, Reply
 
 if TYPE_CHECKING:
-    from .hub import Hub, Resource
+    from .node import Node, ResourceSpec
 
 __all__ = ["DEFAULT_LONGPOLL_SECONDS", "answer_longpoll"]
 
@@ -25,12 +25,12 @@ def _body(frames: list[Frame], rv: int) -> bytes:
     return b'{"events":[%s],"resourceVersion":"%d"}' % (events, rv)
 
 
-async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
+async def answer_longpoll(hub: Node, res: ResourceSpec, parsed: WatchRequest) -> Reply:
     import anyio
 
     clock = hub.clock
-    await hub._sync(parsed)
-    with hub._lock:
+    await hub.sync(parsed)
+    with hub.lock:
         opening = hub.state.open_watch(
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
         )
@@ -57,7 +57,7 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
                 if event.is_set():
                     event = anyio.Event()
                     sub.waker = event.set
-            with hub._lock:
+            with hub.lock:
                 frames = sub.drain()
                 position = sub.position(hub.state.head)  # never past where it stopped buffering
                 rv = opening.head if position is None else position
@@ -71,7 +71,7 @@ async def answer_longpoll(hub: Hub, res: Resource, parsed: WatchRequest) -> Repl
             rv = last if last is not None else rv
         return _answer(meter, frames, rv)
     finally:
-        with hub._lock:
+        with hub.lock:
             hub.state.close_watch(sub, reason)
         meter.closed(reason.value)
 

@@ -39,7 +39,7 @@ from .._core.errors import Expired, ServiceUnavailable, Timeout
 from .._core.registry import CloseReason
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .node import Node
 
 __all__ = ["SYNC_TIMEOUT", "Replica"]
 
@@ -56,7 +56,7 @@ _BACKOFF_MAX: Final = 5.0
 class Replica:
     """Follows ``backend`` into ``hub.state``; one per hub, run in the hub's task group."""
 
-    def __init__(self, hub: Hub, backend: LogBackend) -> None:
+    def __init__(self, hub: Node, backend: LogBackend) -> None:
         self.hub = hub
         self.backend = backend
         self.epoch: str | None = None
@@ -109,7 +109,7 @@ class Replica:
         hub = self.hub
         retention = self.retention()
         loaded = await self.backend.open(retention)
-        with hub._lock:
+        with hub.lock:
             if not self._continues(loaded):
                 self._reload(loaded)
             self.available = True
@@ -121,7 +121,7 @@ class Replica:
                 if batch.epoch != self.epoch:
                     logger.warning("the event log at %s has a new epoch", self.backend.url)
                     return True
-                with hub._lock:
+                with hub.lock:
                     head = hub.state.head
                     if batch.watermark > head:
                         # Records after our head were evicted before we read them: applying
@@ -156,7 +156,7 @@ class Replica:
     def _reload(self, loaded: Loaded) -> None:
         hub = self.hub
         if self.epoch is not None:
-            hub._end_watches(CloseReason.UNAVAILABLE)
+            hub.end_watches(CloseReason.UNAVAILABLE)
         hub.state.load(loaded, hub.clock.now())
         self.epoch = loaded.epoch
         logger.info(
@@ -168,11 +168,11 @@ class Replica:
 
     def _lost(self) -> None:
         hub = self.hub
-        with hub._lock:
+        with hub.lock:
             was = self.available
             self.available = False
             if was:
-                hub._end_watches(CloseReason.UNAVAILABLE)
+                hub.end_watches(CloseReason.UNAVAILABLE)
 
     def _wake(self) -> None:
         head = self.hub.state.head

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import anyio
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .node import Node
 
 __all__ = ["install", "restore"]
 
@@ -79,7 +79,7 @@ class _EventLike(Protocol):
 class _Hooks:
     """What one ``Hub.__aenter__`` installed, so that its ``__aexit__`` can take it back."""
 
-    def __init__(self, hub: Hub, schedule: _Schedule) -> None:
+    def __init__(self, hub: Node, schedule: _Schedule) -> None:
         self.hub = hub
         self.active = True
         self._schedule = schedule
@@ -105,7 +105,7 @@ class _Hooks:
         hub = self.hub
         if not self.active or hub.closing:
             return
-        if hub.backend is None:
+        if hub.follower is None:
             hub.begin_shutdown()  # nothing to wait for: the streams end with this call
             return
         try:
@@ -175,10 +175,10 @@ class _Hooks:
             self._watcher = None
 
 
-_installed: weakref.WeakKeyDictionary[Hub, list[_Hooks]] = weakref.WeakKeyDictionary()
+_installed: weakref.WeakKeyDictionary[Node, list[_Hooks]] = weakref.WeakKeyDictionary()
 
 
-def install(hub: Hub) -> None:
+def install(hub: Node) -> None:
     """Chain the exit signals' handlers (and a supervisor's shutdown event) to ``hub``'s
     shutdown. Called on the hub's loop when the hub starts; undone by :func:`restore`."""
     schedule = _scheduler()
@@ -194,7 +194,7 @@ def install(hub: Hub) -> None:
     _installed.setdefault(hub, []).append(hooks)
 
 
-def restore(hub: Hub) -> None:
+def restore(hub: Node) -> None:
     """Undo the latest :func:`install` for ``hub`` (nested ``async with hub`` unwind in order)."""
     stack = _installed.get(hub)
     if stack:
@@ -262,7 +262,7 @@ def _scheduler() -> _Schedule | None:
     return None
 
 
-def _spawn_trio(func: Callable[[Hub], Any], hub: Hub) -> None:
+def _spawn_trio(func: Callable[[Node], Any], hub: Node) -> None:
     import trio
 
     trio.lowlevel.spawn_system_task(func, hub)
@@ -282,14 +282,14 @@ def _supervisor_event() -> _EventLike | None:
     return event if callable(getattr(event, "is_set", None)) else None
 
 
-async def _begin_shutdown(hub: Hub) -> None:
+async def _begin_shutdown(hub: Node) -> None:
     """What ``hub.aclose()`` does before it waits: on a shared log, let this node apply the
     writes it acknowledged (bounded), so each final bookmark is at least at the newest version
     it gave a client; then end every stream."""
-    from .hub import SHUTDOWN_APPLY_WAIT
+    from .node import SHUTDOWN_APPLY_WAIT
 
     try:
-        replica = hub._replica
+        replica = hub.follower
         if replica is not None and replica.available and not hub.closing:
             with anyio.move_on_after(SHUTDOWN_APPLY_WAIT):
                 await replica.own_writes()

@@ -32,7 +32,7 @@ from .meter import WatchMeter
 from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply
 
 if TYPE_CHECKING:
-    from .hub import Hub, Resource
+    from .node import Node, ResourceSpec
 
 __all__ = [
     "Disconnected",
@@ -70,7 +70,7 @@ class WatchStream:
 
     def __init__(
         self,
-        hub: Hub,
+        hub: Node,
         session: WatchSession,
         subscription: Subscription,
         *,
@@ -89,7 +89,7 @@ class WatchStream:
         #: Called (from any thread) when the stream is cancelled or interrupted: how a pump
         #: that does not run in a cancel scope (the blocking driver's) is woken to stop.
         self.on_cancel: Callable[[], None] | None = None
-        hub._track(self)
+        hub.track(self)
 
     @property
     def watches(self) -> int:
@@ -131,12 +131,12 @@ class WatchStream:
             return
         self._finished = True
         hub = self.hub
-        with hub._lock:
+        with hub.lock:
             if not self.session.closed:
                 self.session.close(reason)
             hub.state.close_watch(self.subscription, reason)
         self.meter.closed(reason.value)
-        hub._call(hub._untrack, self)  # on the loop: shutdown may be waiting for it
+        hub.call(hub.untrack, self)  # on the loop: shutdown may be waiting for it
 
     async def run(self, send: Send) -> None:
         """Write the stream with ``send`` until it ends; never raises for a vanished peer."""
@@ -181,7 +181,7 @@ class WatchStream:
     async def _pump(self, send: Send, alarm: Alarm) -> CloseReason:
         hub = self.hub
         now = hub.clock.now
-        lock = hub._lock
+        lock = hub.lock
         state = hub.state
         session = self.session
         step = session.step
@@ -214,7 +214,7 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
     session's deadline as :meth:`WatchStream.run` does. ``aclose()`` releases the watch."""
     hub = stream.hub
     now = hub.clock.now
-    lock = hub._lock
+    lock = hub.lock
     state = hub.state
     session = stream.session
     sub = stream.subscription
@@ -283,7 +283,7 @@ async def _watch_peer(stream: WatchStream, wait_disconnect: Callable[[], Awaitab
     stream.interrupt(CloseReason.CLIENT)
 
 
-def _wire(res: Resource, parsed: WatchRequest, retry_ms: int) -> Wire:
+def _wire(res: ResourceSpec, parsed: WatchRequest, retry_ms: int) -> Wire:
     if parsed.mode is Mode.SSE:
         return _sse_wire(res.kind, res.api_version, retry_ms)
     return _jsonlines_wire(res.kind, res.api_version, parsed.allow_watch_bookmarks)
@@ -301,12 +301,12 @@ def _jsonlines_wire(kind: str, api_version: str, bookmarks: bool) -> JsonLinesWi
 
 
 async def open_session(
-    hub: Hub, res: Resource, parsed: WatchRequest, wire: Wire, *, end_at: float | None
+    hub: Node, res: ResourceSpec, parsed: WatchRequest, wire: Wire, *, end_at: float | None
 ) -> WatchSession:
     """Register a watch and build its session; raises ``Expired`` and the other client errors
     of opening a watch (DESIGN 3.2)."""
-    await hub._sync(parsed)
-    with hub._lock:
+    await hub.sync(parsed)
+    with hub.lock:
         opening = hub.state.open_watch(
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
         )
@@ -316,7 +316,7 @@ async def open_session(
         try:
             initial = await hub.snapshot_frames(res, parsed)
         except BaseException:
-            with hub._lock:
+            with hub.lock:
                 hub.state.close_watch(sub, CloseReason.ERROR)
             raise
     return WatchSession(
@@ -333,7 +333,7 @@ async def open_session(
     )
 
 
-async def open_stream(hub: Hub, res: Resource, parsed: WatchRequest) -> Reply:
+async def open_stream(hub: Node, res: ResourceSpec, parsed: WatchRequest) -> Reply:
     """Register the watch and prepare its stream (DESIGN 3.3 for SSE, 3.4 for JSON lines)."""
     wire = _wire(res, parsed, hub.retry_ms)
     headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
