@@ -21,7 +21,7 @@ from watchroutes.client import (
     browser_module,
     default_key,
 )
-from watchroutes.client._decode import JSONLinesDecoder, SSEDecoder
+from watchroutes.client._decode import MAX_EVENT_BYTES, JSONLinesDecoder, SSEDecoder
 from watchroutes.client._protocol import REFRESH, WatchCore
 
 
@@ -103,6 +103,18 @@ def test_jsonlines_decoder_splits_lines_across_chunks() -> None:
     assert decoder.pending == line[:3]
     with pytest.raises(ProtocolError):
         decoder.feed(b"[1]\n")
+
+
+def test_decoders_refuse_unbounded_events() -> None:
+    huge = b"x" * (MAX_EVENT_BYTES + 1)
+    with pytest.raises(ProtocolError, match="JSON line longer"):
+        JSONLinesDecoder().feed(huge)
+    with pytest.raises(ProtocolError, match="SSE line longer"):
+        SSEDecoder().feed(b"data: " + huge)
+    sse = SSEDecoder()
+    quarter = b"data: " + b"x" * (MAX_EVENT_BYTES // 4) + b"\n"
+    with pytest.raises(ProtocolError, match="SSE event larger"):
+        sse.feed(quarter * 5)
 
 
 # -- backoff -------------------------------------------------------------------------------

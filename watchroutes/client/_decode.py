@@ -8,15 +8,27 @@ LF-only lines, split with one ``bytes.split``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
 from ._errors import ProtocolError
 
-__all__ = ["Block", "Envelope", "JSONLinesDecoder", "LongPollAnswer", "SSEDecoder", "decode"]
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "Block",
+    "Envelope",
+    "JSONLinesDecoder",
+    "LongPollAnswer",
+    "SSEDecoder",
+    "decode",
+]
 
 _BOM = b"\xef\xbb\xbf"
+#: The largest event (line, or SSE block) accepted: an object of the server's maximum size
+#: (1 MiB, DESIGN 3.2) in its envelope, with room to spare. Past it the stream is refused
+#: (:class:`ProtocolError`) instead of buffered without bound.
+MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
 
 
 class Envelope(msgspec.Struct):
@@ -97,6 +109,8 @@ class SSEDecoder:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buffer.split(b"\n")
         self._pending = lines.pop()
+        if len(self._pending) > MAX_EVENT_BYTES:
+            raise ProtocolError(f"an SSE line longer than {MAX_EVENT_BYTES} bytes")
         out: list[Block] = []
         for line in lines:
             if not line:
@@ -111,6 +125,8 @@ class SSEDecoder:
             if line.startswith(b"data: "):
                 self._data.append(line[6:])
                 self._seen = True
+                if len(self._data) > 1 and sum(map(len, self._data)) > MAX_EVENT_BYTES:
+                    raise ProtocolError(f"an SSE event larger than {MAX_EVENT_BYTES} bytes")
                 continue
             if line[0] == 0x3A:  # ":" a comment (": hb"): activity only
                 continue
@@ -142,6 +158,8 @@ class JSONLinesDecoder:
         buffer = self._pending + chunk if self._pending else chunk
         lines = buffer.split(b"\n")
         self._pending = lines.pop()
+        if len(self._pending) > MAX_EVENT_BYTES:
+            raise ProtocolError(f"a JSON line longer than {MAX_EVENT_BYTES} bytes")
         return [decode(line) for line in lines if line.strip()]
 
     @property
