@@ -35,6 +35,7 @@ window.informer = new Informer(url, {
   token: query.get("token") || undefined,
   getToken: refresh ? async () => refresh : undefined,
   backoff: { initial: 100, cap: 400 },
+  readTimeout: Number(query.get("readTimeout")) || undefined,
   onState: (state, detail) =>
     log.states.push(detail && detail.code ? `${state}:${detail.code}` : state),
   onChange: (c) => log.changes.push([c.type, c.key, c.resourceVersion, c.tombstone]),

@@ -5,12 +5,15 @@ each mode, never dispatches an id-only bookmark, and shows signed-out / token re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -193,3 +196,108 @@ def test_401_signs_out_unless_the_token_callback_helps(
     snap = wait_for(tab, "live after a refresh", lambda s: s["state"] == "live")
     assert snap["keys"] == ["o-1"]
     assert "signed-out" not in snap["log"]["states"]
+
+
+class Proxy:
+    """A TCP forwarder to a server: ``cut()`` closes every connection through it (a dropped
+    connection, as a network failure or a load balancer would do it); ``freeze()`` makes them
+    silently lose everything (a half-open connection: nothing arrives, nothing fails)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.frozen: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+            client.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._pipe, args=(source, target), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if source not in self.frozen:
+                    target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> None:
+        with self.lock:
+            self.frozen.update(self.sockets)
+
+    def cut(self) -> None:
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self.cut()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.mark.parametrize("mode", ["eventsource", "fetch"])
+def test_a_dropped_connection_resumes_without_a_relist(
+    tab: Tab, apps: Callable[..., BrowserApp], mode: str
+) -> None:
+    app = apps("--seed", "2")
+    proxy = Proxy(app.port)
+    try:
+        tab.open(f"{proxy.url}/client.html?mode={mode}")
+        wait_for(tab, "live", lambda s: s["synced"] and s["state"] == "live")
+        proxy.cut()
+        assert app.http.post("/orders", json=order("o-5")).status_code == 201
+        assert app.http.delete("/orders/o-1").status_code == 200
+        snap = wait_for(
+            tab,
+            "the missed changes",
+            lambda s: s["keys"] == ["o-2", "o-5"] and s["state"] == "live",
+        )
+    finally:
+        proxy.close()
+    assert "reconnecting" in snap["log"]["states"]
+    assert snap["stats"]["relists"] == 0  # resumed from its id: nothing was listed again
+    changes = [c[:2] for c in snap["log"]["changes"][2:]]
+    assert changes == [["ADDED", "o-5"], ["DELETED", "o-1"]]  # real deletes, no tombstones
+
+
+def test_a_silent_connection_is_noticed_in_fetch_mode(
+    tab: Tab, apps: Callable[..., BrowserApp]
+) -> None:
+    app = apps("--seed", "2")
+    proxy = Proxy(app.port)
+    try:
+        tab.open(f"{proxy.url}/client.html?mode=fetch&readTimeout=2500")
+        wait_for(tab, "live", lambda s: s["synced"] and s["state"] == "live")
+        proxy.freeze()  # heartbeats (every second) stop arriving; the socket stays open
+        assert app.http.post("/orders", json=order("o-5")).status_code == 201
+        snap = wait_for(tab, "o-5", lambda s: s["keys"] == ["o-1", "o-2", "o-5"])
+    finally:
+        proxy.close()
+    assert "reconnecting" in snap["log"]["states"]
+    assert snap["stats"]["relists"] == 0

@@ -120,7 +120,9 @@ export class SSEParser {
  * getToken() (async; called once on a 401), headers (fetch mode), withCredentials,
  * onChange({type, key, object, old, resourceVersion, tombstone}), onState(state, detail),
  * onSynced(), onEvent(envelope) (every dispatched envelope, for debugging), backoff
- * ({initial, cap, factor, resetAfter} in ms), random, pollTimeout (seconds), now().
+ * ({initial, cap, factor, resetAfter} in ms), random, pollTimeout (seconds), heartbeat (the
+ * server's interval, seconds, default 15) and readTimeout (fetch mode: ms of silence after
+ * which the connection counts as dead, default 2 × heartbeat + 5 s), now().
  */
 export class Informer {
   constructor(url, options = {}) {
@@ -270,8 +272,8 @@ export class Informer {
     try { env = JSON.parse(text); } catch { return { end: "retry", message: "unreadable event" }; }
     if (!env || typeof env.type !== "string") return { end: "retry", message: "not an envelope" };
     if (this.options.onEvent) this.options.onEvent(env);
-    this._refreshed = false;
     if (env.type === "ERROR") return this._status(env.object || {});
+    this._refreshed = false;   // progress: a later 401 may call getToken again
     const collecting = this._collecting !== null;
     this._apply(env);
     // Before the initial state is complete the resume point stays put: a drop starts over.
@@ -472,8 +474,19 @@ export class Informer {
     const decoder = new TextDecoder();
     const parser = new SSEParser();
     let retryMs = null;
+    // The server writes something every heartbeat interval: a longer silence is a dead
+    // connection (a half-open one is never reported by the network stack).
+    const silence = this.options.readTimeout || 2 * (this.options.heartbeat || 15) * 1000 + 5000;
     for (;;) {
-      const { value, done } = await reader.read();
+      let timer;
+      const idle = new Promise((resolve) => { timer = setTimeout(resolve, silence, null); });
+      const result = await Promise.race([reader.read(), idle]);
+      clearTimeout(timer);
+      if (result === null) {
+        abort.abort();
+        return { end: "retry", message: `nothing received for ${silence} ms` };
+      }
+      const { value, done } = result;
       if (done) return { end: "clean" };
       for (const block of parser.feed(decoder.decode(value, { stream: true }))) {
         if (block.retry !== null) retryMs = block.retry;
