@@ -104,7 +104,12 @@ def chaos(server: Restartable, rng: random.Random, count: int, prefix: str) -> N
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize(
     ("framework", "transport"),
-    [*(("starlette", t) for t in TRANSPORTS), ("starlette-redis", "sse")],
+    [
+        *(("starlette", t) for t in TRANSPORTS),
+        ("aiohttp", "sse"),
+        ("aiohttp", "websocket"),
+        ("starlette-redis", "sse"),
+    ],
 )
 async def test_informer_converges_through_writes_drops_and_restarts(
     servers: Callable[..., Restartable], framework: str, transport: str
