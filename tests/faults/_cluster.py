@@ -139,7 +139,10 @@ class Cluster:
 
     def restart(self, nodes: list[Node]) -> None:
         with ThreadPoolExecutor(max(1, len(nodes))) as pool:
-            list(pool.map(Node.start, nodes))
+            failures = [f.exception() for f in [pool.submit(n.start) for n in nodes]]
+        for failure in failures:
+            if failure is not None:
+                raise failure
 
     def urls(self, *, paused: bool = False) -> list[str]:
         """The base URLs of the running nodes (and of the paused ones with ``paused``)."""

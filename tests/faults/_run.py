@@ -48,6 +48,10 @@ PAUSE: Final = 1.5
 MARKER_TIMEOUT: Final = 30.0
 
 
+class Aborted(Exception):
+    """The run cannot go on (its report still stands)."""
+
+
 @dataclass
 class Options:
     engine: str
@@ -235,9 +239,17 @@ class Run:
     def _heal(self) -> None:
         for node in self.cluster.nodes:
             node.resume()
-        down = [n for n in self.cluster.nodes if n.state == "down"]
-        if down:
-            self.cluster.restart(down)
+        for attempt in range(3):
+            down = [n for n in self.cluster.nodes if n.state == "down"]
+            if not down:
+                return
+            try:
+                self.cluster.restart(down)
+            except (AssertionError, OSError) as exc:  # the process never said it was ready
+                self.tally.add("stuck", detail=f"a node did not start again: {exc}"[:2000])
+                if attempt == 2:
+                    raise Aborted("nodes do not start any more") from None
+                time.sleep(1.0)
 
     def _mark(self) -> int | None:
         """One acknowledged write after everything else: the head every watcher must reach."""
@@ -360,7 +372,10 @@ class Run:
 
 def main_run(options: Options) -> int:
     with Run(options) as run, contextlib.suppress(KeyboardInterrupt):
-        run.run()
+        try:
+            run.run()
+        except Aborted as exc:
+            print(f"aborted: {exc}", flush=True)
     print(run.report(), flush=True)
     sys.stdout.flush()
     return 1 if run.tally.failures() else 0
