@@ -348,16 +348,23 @@ class _Server(simple_websocket.Server):  # type: ignore[misc]
 
 
 class _Socket:
-    """The runtime's socket over simple-websocket: the handshake and every send run in a
-    worker thread (one at a time, in order), so that a slow peer never blocks the loop."""
+    """The runtime's socket over simple-websocket. The handshake is written at the first
+    read, write or close, once the hub has opened the socket's first subscription (a write
+    made after the client saw the 101 reaches it); writes run in a worker thread, one at a
+    time and in order, so that a slow peer never blocks the hub's loop."""
 
-    def __init__(self, environ: dict[str, Any], max_bytes: int) -> None:
+    def __init__(self, environ: dict[str, Any], max_bytes: int, write_timeout: float) -> None:
         self.environ = environ
         self.max_bytes = max_bytes
+        self.write_timeout = write_timeout
+        self.subprotocol: str | None = None
         self.ws: _Server | None = None
         self.wake: anyio.Event | None = None
         self.token: Any = None
         self.limiter = anyio.CapacityLimiter(1)
+        self.opening: anyio.Lock | None = None
+        self.writing = threading.Lock()
+        self.pending_close: tuple[int, str] | None = None
 
     def poke(self) -> None:  # from the reader thread
         wake, token = self.wake, self.token
@@ -372,19 +379,27 @@ class _Socket:
 
     async def accept(self, subprotocol: str | None) -> None:
         self.token = anyio.lowlevel.current_token()
-        self.ws = await self._call(
-            functools.partial(
-                _Server,
-                self.environ,
-                self,
-                subprotocols=[subprotocol] if subprotocol else None,
-                max_message_size=4 * self.max_bytes,  # the hub answers 1009 past max_bytes
-            )
-        )
+        self.subprotocol = subprotocol
+        self.opening = anyio.Lock()
+
+    async def _open(self) -> _Server:
+        assert self.opening is not None
+        async with self.opening:
+            if self.ws is None:
+                subprotocol = self.subprotocol
+                self.ws = await self._call(
+                    functools.partial(
+                        _Server,
+                        self.environ,
+                        self,
+                        subprotocols=[subprotocol] if subprotocol else None,
+                        max_message_size=4 * self.max_bytes,  # the hub answers 1009
+                    )
+                )
+            return self.ws
 
     async def receive(self) -> str | bytes | None:
-        ws = self.ws
-        assert ws is not None
+        ws = await self._open()
         while True:
             if ws.input_buffer:
                 message: str | bytes = ws.input_buffer.pop(0)
@@ -395,25 +410,38 @@ class _Socket:
             if not ws.input_buffer and ws.connected:  # (or it came in just now)
                 await self.wake.wait()
 
+    def _send(self, ws: _Server, text: str) -> None:
+        with self.writing:
+            ws.send(text)
+
     async def send(self, text: str) -> None:
-        assert self.ws is not None
         try:
-            await self._call(self.ws.send, text)
+            await self._call(self._send, await self._open(), text)
         except (simple_websocket.ConnectionClosed, OSError) as exc:
             raise Disconnected from exc
 
+    def _close(self) -> None:
+        with self.writing:
+            ws, pending, self.pending_close = self.ws, self.pending_close, None
+            if ws is not None and pending is not None and ws.connected:
+                with contextlib.suppress(simple_websocket.ConnectionClosed, OSError):
+                    ws.close(*pending)
+
     async def close(self, code: int, reason: str) -> None:
-        ws = self.ws
-        if ws is not None and ws.connected:
-            with contextlib.suppress(simple_websocket.ConnectionClosed, OSError):
-                await self._call(ws.close, code, reason)
+        self.pending_close = (code, reason)
+        await self._open()
+        await self._call(self._close)
 
     def finish(self) -> None:
-        """After the hub is done: wait briefly for the peer's close, then end the TCP stream
-        (which also ends the reader thread)."""
+        """After the hub is done (request thread): send a close that a stuck write held up,
+        once that write ends (at most the write timeout), wait briefly for the peer's close,
+        then end the TCP stream (which also ends the reader thread)."""
         ws = self.ws
         if ws is None:
             return
+        if self.pending_close is not None and self.writing.acquire(timeout=self.write_timeout):
+            self.writing.release()
+            self._close()
         ws.thread.join(1.0)
         with contextlib.suppress(OSError):
             ws.sock.shutdown(socket.SHUT_RDWR)
@@ -447,7 +475,7 @@ def _serve_websocket(ext: WatchRoutes, resource: Resource, key: str | None) -> R
         authorization=headers.get("authorization"),
     )
     limits = ext.limits or WebSocketLimits()
-    sock = _Socket(request.environ, limits.max_message_bytes)
+    sock = _Socket(request.environ, limits.max_message_bytes, resource.hub.write_timeout)
     serve = functools.partial(
         resource.hub.serve_websocket,
         resource.name,
