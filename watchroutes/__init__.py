@@ -31,11 +31,11 @@ from ._core.errors import UsageError as UsageError
 from ._core.errors import WatchError as WatchError
 from ._core.events import EventType as EventType
 from ._core.wire.sse import encode_event as encode_event
+from ._runtime.answers import RequestInfo as RequestInfo
 from ._runtime.clock import Clock as Clock
 from ._runtime.clock import SystemClock as SystemClock
 from ._runtime.hub import Hub as Hub
 from ._runtime.hub import HubStatistics as HubStatistics
-from ._runtime.hub import RequestInfo as RequestInfo
 from ._runtime.hub import Resource as Resource
 from ._runtime.reply import Reply as Reply
 from ._runtime.websocket import WebSocketLimits as WebSocketLimits

@@ -72,6 +72,7 @@ class CloseCode(enum.IntEnum):
     INVALID = 4400  # an invalid message or handshake
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403  # credentials refused, or an Origin outside the allow-list
+    NOT_FOUND = 4404  # the route's resource does not exist
     RATE = 4429  # too many inbound messages
 
 

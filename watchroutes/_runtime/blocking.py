@@ -35,7 +35,8 @@ import anyio.from_thread
 from .._core.registry import CloseReason
 
 if TYPE_CHECKING:
-    from .hub import Hub, RequestInfo
+    from .answers import RequestInfo
+    from .hub import Hub
     from .reply import Reply
     from .stream import WatchStream
 

@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -25,9 +25,7 @@ import msgspec
 from .._core.backend import ABSENT, LogBackend, Retention, check_expectation
 from .._core.errors import (
     AlreadyExists,
-    ClientError,
     Conflict,
-    Expired,
     NotFound,
     ServiceUnavailable,
     UsageError,
@@ -36,13 +34,11 @@ from .._core.events import Entry, EventType
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.metrics import Metrics
 from .._core.objects import NameRule, object_rv
-from .._core.params import Mode, WatchRequest, parse_request
 from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
 from .._core.session import DEFAULT_HEARTBEAT
 from .._core.state import (
     DEFAULT_MAX_OBJECT_BYTES,
-    StateSource,
     _stamp,
     object_key,
 )
@@ -56,6 +52,8 @@ from .._core.writes import (
     plan_patch,
     plan_replace,
 )
+from . import answers
+from .answers import RequestInfo
 from .clock import Clock
 from .node import (
     DEFAULT_MAX_WATCH_SECONDS,
@@ -67,10 +65,10 @@ from .node import (
     Snapshot,
 )
 from .replica import Replica
-from .reply import Reply, error_reply, json_reply
-from .stream import open_stream
+from .reply import Reply
 
 if TYPE_CHECKING:
+    from .reply import Reply
     from .websocket import Authorize, Socket, WebSocketLimits, WebSocketRequest
 
 __all__ = [
@@ -86,9 +84,6 @@ __all__ = [
 T = TypeVar("T")
 logger = logging.getLogger("watchroutes")
 
-#: Seconds a watch refused for capacity (``max_watches``) is told to wait before retrying.
-CAPACITY_RETRY_AFTER: Final = 2
-
 
 class HubStatistics(NamedTuple):
     """What :meth:`Hub.statistics` reports. ``active_watches`` counts the open HTTP watch
@@ -103,15 +98,6 @@ class HubStatistics(NamedTuple):
     evicted_young: int
     #: Times this node reloaded a shared log because it had fallen behind its retention.
     follower_reloads: int = 0
-
-
-class RequestInfo(NamedTuple):
-    """What an adapter reads off a request, framework-neutral."""
-
-    query: list[tuple[str, str]]
-    accept: str | None = None
-    last_event_id: str | None = None
-    key: str | None = None
 
 
 class Resource(ResourceSpec):
@@ -552,43 +538,19 @@ class Hub(Node):
                 follower_reloads=0 if self._replica is None else self._replica.reloads,
             )
 
-    # -- requests ------------------------------------------------------------------------------
+    # -- requests (the adapter contract: see watchroutes.adapters) ----------------------------
 
     async def answer(self, resource: str, request: RequestInfo, *, list_: bool = True) -> Reply:
-        """The complete answer to a GET of a watchable route (DESIGN 3.1)."""
-        reply = await self.answer_watch(resource, request)
-        if reply is not None:
-            return reply
-        return await self.answer_list(resource, request) if list_ else Reply(200, [])
+        """The complete answer to a GET of a watchable route (protocol.md §3.1)."""
+        return await answers.answer(self, resource, request, list_=list_)
 
     async def answer_watch(self, resource: str, request: RequestInfo) -> Reply | None:
         """The answer when ``request`` is a watch; ``None`` when it is a plain GET."""
-        self.bind()
-        mode = Mode.LIST
-        try:
-            res = self._resource(resource)
-            parsed = parse_request(
-                request.query,
-                accept=request.accept,
-                last_event_id=request.last_event_id,
-                key=request.key,
-            )
-            mode = parsed.mode
-            if mode is Mode.LIST:
-                return None
-            if self.max_watches is not None and len(self.state.registry) >= self.max_watches:
-                raise ServiceUnavailable(
-                    "this server is serving as many watches as it can; try again",
-                    retry_after=CAPACITY_RETRY_AFTER,
-                )
-            if mode is Mode.LONGPOLL:
-                from .longpoll import answer_longpoll
+        return await answers.answer_watch(self, resource, request)
 
-                return await answer_longpoll(self, res, parsed)
-            return await open_stream(self, res, parsed)
-        except ClientError as exc:
-            self.metrics.client_error(exc.reason)
-            return error_reply(exc, mode, retry_ms=self.retry_ms)
+    async def answer_list(self, resource: str, request: RequestInfo) -> Reply:
+        """The library's list body (Kubernetes style) or, for a key, the object."""
+        return await answers.answer_list(self, resource, request)
 
     async def serve_websocket(
         self,
@@ -599,58 +561,11 @@ class Hub(Node):
         authorize: Authorize | None = None,
         limits: WebSocketLimits | None = None,
     ) -> None:
-        """Run a WebSocket watch (DESIGN 4) on ``socket`` from its handshake to its close."""
-        from .websocket import serve_websocket
-
-        self.bind()
-        try:
-            res = self._resource(resource)
-        except ClientError:
-            await socket.accept(None)
-            await socket.close(4404, f"resource {resource[:100]!r} not found")
-            return
-        await serve_websocket(self, res, request, socket, authorize=authorize, limits=limits)
-
-    async def answer_list(self, resource: str, request: RequestInfo) -> Reply:
-        """The library's list body (Kubernetes style) or, for a key, the object.
-
-        The objects come from the resource's state source: the watch cache, or the
-        snapshot callback (with the rv read before calling it, as for a watch).
-        """
-        try:
-            res = self._resource(resource)
-            parsed = parse_request(request.query, key=request.key)
-            await self.sync(parsed)
-            if res.source is StateSource.CALLBACK:
-                head = self.head
-                self._check_not_ahead(parsed, head)
-                items = await self.snapshot_objects(res, parsed)
-            else:
-                with self.lock:
-                    head, items = self._list_checked(res, parsed)
-            if request.key is not None:
-                if not items:
-                    raise NotFound(f'{resource} "{request.key[:100]}" not found')
-                return json_reply(200, items[0])
-            body = {
-                "kind": res.list_kind,
-                "apiVersion": res.api_version,
-                "metadata": {"resourceVersion": str(head)},
-                "items": items,
-            }
-            return json_reply(200, body)
-        except ClientError as exc:
-            self.metrics.client_error(exc.reason)
-            return error_reply(exc, Mode.LIST, retry_ms=self.retry_ms)
-
-    def _check_not_ahead(self, parsed: WatchRequest, head: int) -> None:
-        rv = parsed.resource_version
-        if rv and rv > head:  # "at least rv": this log is the truth, so rv never existed
-            raise Expired(f"resource version {rv} is newer than this log's head ({head})")
-
-    def _list_checked(self, res: Resource, parsed: WatchRequest) -> tuple[int, builtins.list[Any]]:
-        self._check_not_ahead(parsed, self.head)
-        return self.state.snapshot(res.name, parsed.filter)
+        """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its
+        close."""
+        await answers.serve_websocket(
+            self, resource, request, socket, authorize=authorize, limits=limits
+        )
 
     def _resource(self, name: str) -> Resource:
         try:

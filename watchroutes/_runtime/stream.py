@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from .._core.errors import Expired
 from .._core.params import Mode, WatchRequest
 from .._core.registry import CloseReason, Subscription
 from .._core.session import WatchSession
@@ -29,7 +28,6 @@ from .._core.wire.jsonlines import JsonLinesWire
 from .._core.wire.sse import SseWire
 from .alarm import Alarm, make_alarm, on_asyncio
 from .meter import WatchMeter
-from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply
 
 if TYPE_CHECKING:
     from .node import Node, ResourceSpec
@@ -38,9 +36,9 @@ __all__ = [
     "Disconnected",
     "WatchStream",
     "open_session",
-    "open_stream",
     "serve",
     "stream_chunks",
+    "wire_for",
 ]
 
 logger = logging.getLogger("watchroutes")
@@ -283,7 +281,8 @@ async def _watch_peer(stream: WatchStream, wait_disconnect: Callable[[], Awaitab
     stream.interrupt(CloseReason.CLIENT)
 
 
-def _wire(res: ResourceSpec, parsed: WatchRequest, retry_ms: int) -> Wire:
+def wire_for(res: ResourceSpec, parsed: WatchRequest, retry_ms: int) -> Wire:
+    """The wire of a watch (shared by every watch of a resource: wires hold no state)."""
     if parsed.mode is Mode.SSE:
         return _sse_wire(res.kind, res.api_version, retry_ms)
     return _jsonlines_wire(res.kind, res.api_version, parsed.allow_watch_bookmarks)
@@ -331,23 +330,3 @@ async def open_session(
         heartbeat=hub.heartbeat,
         end_at=end_at,
     )
-
-
-async def open_stream(hub: Node, res: ResourceSpec, parsed: WatchRequest) -> Reply:
-    """Register the watch and prepare its stream (DESIGN 3.3 for SSE, 3.4 for JSON lines)."""
-    wire = _wire(res, parsed, hub.retry_ms)
-    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
-    try:
-        session = await open_session(
-            hub, res, parsed, wire, end_at=hub.end_at(parsed.timeout_seconds)
-        )
-    except Expired as exc:
-        if parsed.mode is not Mode.JSONLINES:
-            raise
-        hub.metrics.client_error(exc.reason)
-        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
-        return Reply(200, headers, wire.error(exc.status()), chunked=True)
-    stream = WatchStream(
-        hub, session, session.subscription, resource=res.name, transport=parsed.mode.value
-    )
-    return Reply(200, headers, session.preamble(), stream)

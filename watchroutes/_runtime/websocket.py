@@ -47,7 +47,7 @@ from .meter import WatchMeter
 from .stream import Disconnected, open_session
 
 if TYPE_CHECKING:
-    from .hub import Hub, Resource
+    from .node import Node, ResourceSpec
 
 __all__ = ["Authorize", "Socket", "WebSocketLimits", "WebSocketRequest", "serve_websocket"]
 
@@ -128,8 +128,8 @@ def _token(request: WebSocketRequest, from_subprotocol: str | None) -> str | Non
 
 
 async def serve_websocket(
-    hub: Hub,
-    res: Resource,
+    hub: Node,
+    res: ResourceSpec,
     request: WebSocketRequest,
     socket: Socket,
     *,
@@ -178,8 +178,8 @@ class _Connection:
 
     def __init__(
         self,
-        hub: Hub,
-        res: Resource,
+        hub: Node,
+        res: ResourceSpec,
         request: WebSocketRequest,
         socket: Socket,
         limits: WebSocketLimits,
@@ -237,7 +237,7 @@ class _Connection:
 
     async def run(self) -> None:
         hub = self.hub
-        hub._track(self)
+        hub.track(self)
         try:
             await self._open(IMPLICIT_ID, self.res, self.request.query, self.request.key)
             with anyio.CancelScope() as scope:
@@ -267,10 +267,10 @@ class _Connection:
         if self._finished:
             return
         self._finished = True
-        with self.hub._lock:
+        with self.hub.lock:
             for sub_id in list(self.sessions):
                 self._end(sub_id, CloseReason.CLIENT)
-        self.hub._untrack(self)
+        self.hub.untrack(self)
 
     def _end(self, sub_id: str, reason: CloseReason) -> bool:
         """End a subscription (under the hub's lock); ``False`` when there is none."""
@@ -284,7 +284,7 @@ class _Connection:
         return True
 
     async def _open(
-        self, sub_id: str, res: Resource, query: Sequence[tuple[str, str]], key: str | None
+        self, sub_id: str, res: ResourceSpec, query: Sequence[tuple[str, str]], key: str | None
     ) -> None:
         """Open a subscription, or queue its ERROR envelope."""
         try:
@@ -350,14 +350,14 @@ class _Connection:
             self.hub.metrics.client_error(f"ws-{exc.code.value}")
             self.close_code = (exc.code, exc.reason)
 
-    def _resource(self, name: str) -> Resource:
+    def _resource(self, name: str) -> ResourceSpec:
         try:
-            return self.hub._resource(name)
+            return self.hub.spec(name)
         except NotFound:
             raise NotFound(f"no watchable resource {name[:100]!r}") from None
 
     def _unwatch(self, sub_id: str) -> None:
-        with self.hub._lock:
+        with self.hub.lock:
             ended = self._end(sub_id, CloseReason.CLIENT)
         if not ended:
             self._error(sub_id, NotFound(f"no subscription {sub_id[:100]!r} on this socket"))
@@ -388,7 +388,7 @@ class _Connection:
     async def _rounds(self) -> None:
         hub = self.hub
         clock = hub.clock
-        lock = hub._lock
+        lock = hub.lock
         state = hub.state
         socket = self.socket
         alarm = self.alarm

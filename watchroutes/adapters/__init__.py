@@ -41,10 +41,10 @@ from __future__ import annotations
 from .._core.errors import ClientError
 from .._core.metrics import declare_resource
 from .._core.params import Mode
+from .._runtime.answers import RequestInfo as RequestInfo
 from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
 from .._runtime.hub import Hub as Hub
-from .._runtime.hub import RequestInfo as RequestInfo
 from .._runtime.hub import Resource as Resource
 from .._runtime.reply import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from .._runtime.reply import DEFAULT_MAX_JSON_DEPTH as DEFAULT_MAX_JSON_DEPTH

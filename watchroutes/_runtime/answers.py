@@ -1,0 +1,163 @@
+"""Answering requests: a GET of a watchable route is a list, an object, or a watch
+(protocol.md §3.1), and a WebSocket handshake is a WebSocket watch (§4).
+
+Every answer is a :class:`~.reply.Reply` (the adapter contract's "out"), built here from the
+request's :class:`RequestInfo` (its "in"); the drivers (stream, long poll, WebSocket) do the
+rest. A :class:`~watchroutes._core.errors.ClientError` raised on the way becomes its Status
+answer, in the form the request's transport needs (``error_reply``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NamedTuple
+
+from .._core.errors import ClientError, Expired, NotFound, ServiceUnavailable
+from .._core.params import Mode, WatchRequest, parse_request
+from .._core.state import StateSource
+from .._core.websocket import CloseCode
+from .longpoll import answer_longpoll
+from .node import Node, ResourceSpec
+from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply, error_reply, json_reply
+from .stream import WatchStream, open_session, wire_for
+from .websocket import Authorize, Socket, WebSocketLimits, WebSocketRequest
+from .websocket import serve_websocket as run_websocket
+
+__all__ = [
+    "CAPACITY_RETRY_AFTER",
+    "RequestInfo",
+    "answer",
+    "answer_list",
+    "answer_watch",
+    "open_stream",
+    "serve_websocket",
+]
+
+#: Seconds a watch refused for capacity (``max_watches``) is told to wait before retrying.
+CAPACITY_RETRY_AFTER: Final = 2
+
+
+class RequestInfo(NamedTuple):
+    """What an adapter reads off a request, framework-neutral."""
+
+    query: list[tuple[str, str]]
+    accept: str | None = None
+    last_event_id: str | None = None
+    key: str | None = None
+
+
+async def answer(node: Node, resource: str, request: RequestInfo, *, list_: bool = True) -> Reply:
+    """The complete answer to a GET of a watchable route (protocol.md §3.1)."""
+    reply = await answer_watch(node, resource, request)
+    if reply is not None:
+        return reply
+    return await answer_list(node, resource, request) if list_ else Reply(200, [])
+
+
+async def answer_watch(node: Node, resource: str, request: RequestInfo) -> Reply | None:
+    """The answer when ``request`` is a watch; ``None`` when it is a plain GET."""
+    node.bind()
+    mode = Mode.LIST
+    try:
+        res = node.spec(resource)
+        parsed = parse_request(
+            request.query,
+            accept=request.accept,
+            last_event_id=request.last_event_id,
+            key=request.key,
+        )
+        mode = parsed.mode
+        if mode is Mode.LIST:
+            return None
+        if node.max_watches is not None and len(node.state.registry) >= node.max_watches:
+            raise ServiceUnavailable(
+                "this server is serving as many watches as it can; try again",
+                retry_after=CAPACITY_RETRY_AFTER,
+            )
+        if mode is Mode.LONGPOLL:
+            return await answer_longpoll(node, res, parsed)
+        return await open_stream(node, res, parsed)
+    except ClientError as exc:
+        node.metrics.client_error(exc.reason)
+        return error_reply(exc, mode, retry_ms=node.retry_ms)
+
+
+async def open_stream(node: Node, res: ResourceSpec, parsed: WatchRequest) -> Reply:
+    """Register the watch and prepare its stream (protocol.md §3.3 for SSE, §3.4 for JSON
+    lines)."""
+    wire = wire_for(res, parsed, node.retry_ms)
+    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
+    try:
+        session = await open_session(
+            node, res, parsed, wire, end_at=node.end_at(parsed.timeout_seconds)
+        )
+    except Expired as exc:
+        if parsed.mode is not Mode.JSONLINES:
+            raise
+        node.metrics.client_error(exc.reason)
+        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
+        return Reply(200, headers, wire.error(exc.status()), chunked=True)
+    stream = WatchStream(
+        node, session, session.subscription, resource=res.name, transport=parsed.mode.value
+    )
+    return Reply(200, headers, session.preamble(), stream)
+
+
+async def answer_list(node: Node, resource: str, request: RequestInfo) -> Reply:
+    """The library's list body (Kubernetes style) or, for a key, the object.
+
+    The objects come from the resource's state source: the watch cache, or the snapshot
+    callback (with the rv read before calling it, as for a watch).
+    """
+    try:
+        res = node.spec(resource)
+        parsed = parse_request(request.query, key=request.key)
+        await node.sync(parsed)
+        if res.source is StateSource.CALLBACK:
+            head = node.state.head
+            _check_not_ahead(parsed, head)
+            items = await node.snapshot_objects(res, parsed)
+        else:
+            with node.lock:
+                head = node.state.head
+                _check_not_ahead(parsed, head)
+                head, items = node.state.snapshot(res.name, parsed.filter)
+        if request.key is not None:
+            if not items:
+                raise NotFound(f'{resource} "{request.key[:100]}" not found')
+            return json_reply(200, items[0])
+        body: dict[str, Any] = {
+            "kind": res.list_kind,
+            "apiVersion": res.api_version,
+            "metadata": {"resourceVersion": str(head)},
+            "items": items,
+        }
+        return json_reply(200, body)
+    except ClientError as exc:
+        node.metrics.client_error(exc.reason)
+        return error_reply(exc, Mode.LIST, retry_ms=node.retry_ms)
+
+
+def _check_not_ahead(parsed: WatchRequest, head: int) -> None:
+    rv = parsed.resource_version
+    if rv and rv > head:  # "at least rv": this log is the truth, so rv never existed
+        raise Expired(f"resource version {rv} is newer than this log's head ({head})")
+
+
+async def serve_websocket(
+    node: Node,
+    resource: str,
+    request: WebSocketRequest,
+    socket: Socket,
+    *,
+    authorize: Authorize | None = None,
+    limits: WebSocketLimits | None = None,
+) -> None:
+    """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its close."""
+    node.bind()
+    try:
+        res = node.spec(resource)
+    except ClientError:
+        await socket.accept(None)
+        await socket.close(CloseCode.NOT_FOUND, f"resource {resource[:100]!r} not found")
+        return
+    await run_websocket(node, res, request, socket, authorize=authorize, limits=limits)
