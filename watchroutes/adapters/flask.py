@@ -87,6 +87,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION = "watchroutes"
+#: How much of a refused body is read and dropped before the 413 (past it the server closes
+#: the connection, and a client still sending may see a reset instead of the answer).
+DRAIN_BYTES = 64 * 1024 * 1024
 _INSTANCES: weakref.WeakSet[WatchRoutes] = weakref.WeakSet()
 
 
@@ -273,11 +276,18 @@ def list_response(resource: Resource, *, key: str | None = None) -> Response:
 
 def read_body(*, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
     """The request's body, limited while it is read (413 past ``limit``, before reading when
-    ``Content-Length`` says so)."""
-    counter = BodyLimit(limit, request.headers.get("content-length"))
+    ``Content-Length`` says so). The rest of a refused body is read and dropped (up to
+    ``DRAIN_BYTES``), so that the client, still sending, reads the 413 instead of a reset."""
     stream = request.stream
-    while chunk := stream.read(65536):
-        counter.feed(chunk)
+    try:
+        counter = BodyLimit(limit, request.headers.get("content-length"))
+        while chunk := stream.read(65536):
+            counter.feed(chunk)
+    except ClientError:
+        drained = 0
+        while drained < DRAIN_BYTES and (chunk := stream.read(65536)):
+            drained += len(chunk)
+        raise
     return counter.body()
 
 
