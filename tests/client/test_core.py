@@ -164,6 +164,8 @@ def test_requests_resume_from_the_last_rv_outside_the_initial_events() -> None:
     assert events[1].initial_events_end
     (bookmark,) = c.feed(sse(None, "9"))  # an id-only block: a bookmark, never a data event
     assert bookmark == WatchEvent(type=EventType.BOOKMARK, resource_version="9")
+    c.feed(sse(env("MODIFIED", obj("a", "7"), "7"), "7"))  # repeated by a server: yielded,
+    assert c.rv == "9"  # but the resume point never moves back
     clock.now = 10
     assert c.ended() == 0.0  # a clean end after a healthy stream: resume at once
     assert c.request().headers["Last-Event-ID"] == "9"

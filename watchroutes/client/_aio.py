@@ -190,7 +190,9 @@ class Watch:
                     await self._sleep(outcome)
         finally:
             if owned:
-                await client.aclose()
+                # Also when cancelled (an informer stopping): its sockets must close, not leak.
+                with anyio.CancelScope(shield=True):
+                    await client.aclose()
 
 
 async def _attempt(

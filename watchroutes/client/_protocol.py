@@ -449,24 +449,34 @@ class WatchCore:
         if event_type is EventType.BOOKMARK:
             self._bookmarks += 1
             if event.initial_events_end:
+                # The state is complete: its rv is the resume point, whatever came before.
                 self._want_initial = False
                 self._initial_seen = 0
-            if rv is not None and not self._want_initial:
-                self.rv = rv
+                self.rv = rv if rv is not None else self.rv
+            else:
+                self._resume(rv)
             return event
         self._events += 1
         if self._want_initial:
             self._initial_seen += 1
-        elif rv is not None:
-            self.rv = rv
+        else:
+            self._resume(rv)
         return event
 
     def _bookmark(self, rv: str) -> WatchEvent:
         self._bookmarks += 1
         self._refreshed = False
-        if not self._want_initial:
-            self.rv = rv
+        self._resume(rv)
         return WatchEvent(type=EventType.BOOKMARK, resource_version=rv)
+
+    def _resume(self, rv: str | None) -> None:
+        """Move the resume point to ``rv``, never back (an event the server repeated)."""
+        if rv is None or self._want_initial:
+            return
+        current = self.rv
+        if current is not None and rv.isdigit() and current.isdigit() and int(rv) <= int(current):
+            return
+        self.rv = rv
 
     def _drop_initial(self) -> None:
         """A connection ended in the middle of the initial events: they start over."""

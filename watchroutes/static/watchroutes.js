@@ -274,16 +274,15 @@ export class Informer {
     if (this.options.onEvent) this.options.onEvent(env);
     if (env.type === "ERROR") return this._status(env.object || {});
     this._refreshed = false;   // progress: a later 401 may call getToken again
-    const collecting = this._collecting !== null;
     this._apply(env);
-    // Before the initial state is complete the resume point stays put: a drop starts over.
-    if (!collecting && env.type !== "RESET") this._resumeAt(env.resourceVersion);
-    if (collecting && this._collecting === null) this._resumeAt(this.resourceVersion);
+    this._resume();
     return null;
   }
 
-  _resumeAt(rv) {
-    if (rv) this._lastId = rv;
+  /** The resume point is the newest rv the store applied (never a stale event's), and stays
+   * put while a state is being collected: a drop there starts over. */
+  _resume() {
+    if (this._collecting === null && this.resourceVersion) this._lastId = this.resourceVersion;
   }
 
   /** What a Status (an ERROR object or an error body) means for the next attempt. */
@@ -391,7 +390,6 @@ export class Informer {
     source.onopen = () => this._opened();
     source.onmessage = (e) => {
       const out = this._envelope(e.data);
-      if (e.lastEventId && this._collecting === null) this._lastId = e.lastEventId;
       if (out) this._after(out);
     };
     source.onerror = () => {
@@ -494,13 +492,12 @@ export class Informer {
           // An id-only block is a bookmark: it moves the resume point, nothing else.
           if (block.id !== null && this._collecting === null) {
             this.stats.bookmarks += 1;
-            this._lastId = block.id;
             this._advance(block.id);
+            this._resume();
           }
           continue;
         }
         const out = this._envelope(block.data);
-        if (block.id !== null && this._collecting === null) this._lastId = block.id;
         if (out) {
           abort.abort();
           if (out.end === "retry" && !out.floor && retryMs) out.floor = retryMs;
@@ -539,7 +536,7 @@ export class Informer {
           } else {
             this._advance(answer.resourceVersion);
           }
-          this._lastId = answer.resourceVersion;
+          this._resume();
           this._abort = null;
           if (!this._stopped) this._timer = setTimeout(() => this._connect(), 0);
           return;
