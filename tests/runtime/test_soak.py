@@ -88,6 +88,6 @@ def test_connect_disconnect_cycles_leave_nothing_behind() -> None:
         f"({growth / (CYCLES - WARM_UP):+.1f} bytes per cycle after the warm-up)"
     )
     assert len(hub.state.registry) == 0
-    assert not hub._streams
+    assert not hub.streams
     assert tasks_after == tasks_before
     assert growth < MAX_GROWTH

@@ -56,7 +56,7 @@ class App:
 
     def assert_released(self) -> None:
         assert len(self.hub.state.registry) == 0, "a subscription outlived its socket"
-        assert not self.hub._streams, "a socket is still tracked"
+        assert not self.hub.streams, "a socket is still tracked"
 
 
 async def closed(socket: TestWebSocket) -> tuple[int, str]:

@@ -299,31 +299,3 @@ class Node:
                 await self._streams_idle.wait()
             for stream in list(self.streams):
                 stream.cancel()
-
-    # -- compatibility for drivers written against the hub's private names --------------------
-
-    @property
-    def _lock(self) -> threading.RLock:
-        return self.lock
-
-    @property
-    def _streams(self) -> set[Tracked]:
-        return self.streams
-
-    def _call(self, func: Callable[..., T], *args: Any) -> T:
-        return self.call(func, *args)
-
-    def _track(self, stream: Tracked) -> None:
-        self.track(stream)
-
-    def _untrack(self, stream: Tracked) -> None:
-        self.untrack(stream)
-
-    def _end_watches(self, reason: CloseReason) -> None:
-        self.end_watches(reason)
-
-    async def _sync(self, parsed: WatchRequest) -> None:
-        await self.sync(parsed)
-
-    def _resource(self, name: str) -> ResourceSpec:
-        return self.spec(name)
