@@ -32,7 +32,7 @@ from .._core.errors import (
 )
 from .._core.events import Entry, EventType
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
-from .._core.metrics import Metrics
+from .._core.metrics import Metrics, declare_resource
 from .._core.objects import NameRule, object_rv
 from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
@@ -257,7 +257,8 @@ class Hub(Node):
             )
             self.resources[name] = res
             self.specs[name] = res
-            return res
+        declare_resource(self.metrics, name)  # its metric series exist (at 0) from now on
+        return res
 
     async def __aenter__(self) -> Hub:
         """Bind to the running loop and, with a shared backend, start following it (the

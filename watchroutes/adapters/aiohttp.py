@@ -52,20 +52,22 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
     ) from exc
 
-from .._core.errors import BadRequest, ClientError
-from .._core.metrics import declare_resource
-from .._core.params import Mode
-from .._runtime.hub import Hub, RequestInfo, Resource
-from .._runtime.reply import (
+from .. import BadRequest, ClientError
+from . import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
     BodyLimit,
+    Disconnected,
+    Hub,
     Reply,
+    RequestInfo,
+    Resource,
+    WebSocketLimits,
+    WebSocketRequest,
     decode_json,
-    error_reply,
+    mounted,
+    status_reply,
 )
-from .._runtime.stream import Disconnected
-from .._runtime.websocket import WebSocketLimits, WebSocketRequest
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -175,7 +177,7 @@ def watchable(
     argument (also a method of a class), and on the ``get`` method of a ``web.View``.
     """
 
-    declare_resource(resource.hub.metrics, resource.name)  # its series exist from now on
+    mounted(resource)  # its series exist from now on
 
     def decorate(handler: H) -> H:
         @functools.wraps(handler)
@@ -223,7 +225,7 @@ async def list_response(
 
 def error_response(exc: ClientError) -> web.Response:
     """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
-    reply = error_reply(exc, Mode.LIST, retry_ms=0)
+    reply = status_reply(exc)
     return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
 
@@ -420,8 +422,8 @@ def setup(app: web.Application, *hubs: Hub) -> None:
     startup and cleanup signals in different tasks.
     """
     for hub in hubs:
-        for name in hub.resources:
-            declare_resource(hub.metrics, name)
+        for resource in hub.resources.values():
+            mounted(resource)
     app.cleanup_ctx.append(functools.partial(_run_hubs, hubs))
 
     async def end_streams(app: web.Application) -> None:

@@ -45,20 +45,22 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 import contextlib
 
-from .._core.errors import BadRequest, ClientError
-from .._core.metrics import declare_resource
-from .._core.params import Mode
-from .._runtime.hub import RequestInfo, Resource
-from .._runtime.reply import (
+from .. import BadRequest, ClientError
+from . import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
     BodyLimit,
+    Disconnected,
     Reply,
+    RequestInfo,
+    Resource,
+    WebSocketLimits,
+    WebSocketRequest,
     decode_json,
-    error_reply,
+    mounted,
+    serve,
+    status_reply,
 )
-from .._runtime.stream import Disconnected, serve
-from .._runtime.websocket import WebSocketLimits, WebSocketRequest
 
 __all__ = [
     "ReplyResponse",
@@ -159,7 +161,7 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
     get ``Vary: Accept``.
     """
 
-    declare_resource(resource.hub.metrics, resource.name)  # its series exist from now on
+    mounted(resource)  # its series exist from now on
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func)
@@ -217,7 +219,7 @@ def watch_endpoint(
     resource: Resource, *, key: str | None = None
 ) -> Callable[[Request], Awaitable[Response]]:
     """A complete endpoint: the library's list (or object) body, or a watch."""
-    declare_resource(resource.hub.metrics, resource.name)
+    mounted(resource)
 
     async def endpoint(request: Request) -> Response:
         info = request_info(request, key)
@@ -249,7 +251,7 @@ class _ListResponse(ReplyResponse):
 
 def error_response(exc: ClientError) -> Response:
     """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
-    return ReplyResponse(error_reply(exc, Mode.LIST, retry_ms=0))
+    return ReplyResponse(status_reply(exc))
 
 
 async def read_body(request: Request, *, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
@@ -370,7 +372,7 @@ def websocket_endpoint(
     checks credentials; ``limits`` overrides the per-socket limits and the ``Origin``
     allow-list (default: the request's own origin).
     """
-    declare_resource(resource.hub.metrics, resource.name)
+    mounted(resource)
 
     async def endpoint(websocket: WebSocket) -> None:
         check = None

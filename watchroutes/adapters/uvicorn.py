@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.uvicorn needs uvicorn: pip install 'watchroutes[server]'"
     ) from exc
 
-from .._runtime.hub import Hub
+from . import Hub
 
 __all__ = ["Server"]
 
