@@ -174,6 +174,12 @@ def test_wsgi_lists_and_objects(hub: Hub, wsgi: WSGIClient) -> None:
     assert refused.json()["reason"] == "MethodNotAllowed"
 
 
+def test_wsgi_refuses_websocket_upgrades(wsgi: WSGIClient) -> None:
+    refused = wsgi.get("/orders", headers={"upgrade": "websocket", "connection": "Upgrade"})
+    assert refused.status == 400
+    assert "ASGI" in refused.json()["message"]
+
+
 def test_wsgi_closes_database_connections_before_streaming(
     wsgi: WSGIClient, recorder: Recorder
 ) -> None:

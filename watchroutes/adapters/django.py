@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.django needs Django: pip install 'watchroutes[django]'"
     ) from exc
 
-from watchroutes import ClientError, MethodNotAllowed
+from watchroutes import BadRequest, ClientError, MethodNotAllowed
 
 from . import (
     DEFAULT_MAX_BODY_BYTES,
@@ -189,6 +189,8 @@ def _answer_sync(
     hub = resource.hub
     call = getattr(hub, _ASK[ask])
     asynchronous = isinstance(request, ASGIRequest)
+    if not asynchronous and request.headers.get("upgrade", "").lower() == "websocket":
+        return error_response(BadRequest("WebSocket watches need the ASGI application"))
     if asynchronous:  # a sync view under ASGI: the hub runs on the server's loop
         reply = async_to_sync(call)(resource.name, info)
     else:
