@@ -33,8 +33,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import anyio
+
 try:
     from asgiref.sync import async_to_sync, sync_to_async
+    from django.core.exceptions import RequestAborted
     from django.core.handlers.asgi import ASGIRequest
     from django.db import connections, transaction
     from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
@@ -378,6 +381,7 @@ def asgi(
     wrapper reads it first and answers 413 past ``max_body`` while reading (before reading,
     when ``Content-Length`` says so)."""
     hubs = [hub] if isinstance(hub, Hub) else list(hub)
+    write_timeout = max(h.write_timeout for h in hubs)
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -385,7 +389,17 @@ def asgi(
         elif scope["type"] == "websocket":
             await _websocket(scope, receive, send, authorize, limits)
         else:
-            await _limited(application, max_body, scope, receive, send)
+
+            async def timed_send(message: Any) -> None:
+                # Django's handler writes a stream without a time limit: a peer that stopped
+                # reading is let go after the hub's write timeout, as under the other adapters.
+                try:
+                    with anyio.fail_after(write_timeout):
+                        await send(message)
+                except TimeoutError:
+                    raise RequestAborted from None  # (Django ends the response quietly)
+
+            await _limited(application, max_body, scope, receive, timed_send)
 
     return app
 
