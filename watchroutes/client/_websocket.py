@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Generator
 from typing import Final
 
+import anyio
+
 try:
     from websockets.asyncio.client import connect as connect_async
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -28,6 +30,8 @@ __all__ = ["MAX_MESSAGE_BYTES", "stream_async", "stream_sync"]
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 #: Connecting and the handshake (seconds).
 OPEN_TIMEOUT: Final = 10.0
+#: The closing handshake (seconds), after which the connection is dropped.
+CLOSE_TIMEOUT: Final = 2.0
 _PROTOCOLS: Final = [Subprotocol(SUBPROTOCOL)]
 
 
@@ -41,36 +45,49 @@ async def stream_async(
     except RuntimeError:
         raise RuntimeError("the WebSocket transport runs on asyncio only") from None
     try:
-        async with connect_async(
+        socket = await connect_async(
             spec.url,
             subprotocols=_PROTOCOLS,
             additional_headers=spec.headers,
             open_timeout=OPEN_TIMEOUT,
+            close_timeout=CLOSE_TIMEOUT,
             max_size=MAX_MESSAGE_BYTES,
-        ) as socket:
-            core.opened_websocket(socket.subprotocol)
-            while True:
-                try:
-                    async with asyncio.timeout(spec.read_timeout):
-                        data = await socket.recv()
-                except TimeoutError:
-                    outcome.append(core.failed(TimeoutError("no message within the read timeout")))
-                    return
-                batch = core.message(data)
-                if batch:
-                    yield batch
-                if core.finished:  # an ERROR of the subscription: close, then decide
-                    outcome.append(core.ended())
-                    return
-    except ConnectionClosed as exc:
-        frame = exc.rcvd
-        outcome.append(core.closed(frame.code if frame else None, frame.reason if frame else ""))
+        )
     except InvalidStatus as exc:
         response = exc.response
         retry_after = response.headers.get("Retry-After")
         outcome.append(core.refused(response.status_code, retry_after, bytes(response.body or b"")))
+        return
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         outcome.append(core.failed(exc))
+        return
+    try:
+        core.opened_websocket(socket.subprotocol)
+        while True:
+            try:
+                async with asyncio.timeout(spec.read_timeout):
+                    data = await socket.recv()
+            except TimeoutError:
+                outcome.append(core.failed(TimeoutError("no message within the read timeout")))
+                return
+            batch = core.message(data)
+            if batch:
+                yield batch
+            if core.finished:  # an ERROR of the subscription: close, then decide
+                outcome.append(core.ended())
+                return
+    except ConnectionClosed as exc:
+        frame = exc.rcvd
+        outcome.append(core.closed(frame.code if frame else None, frame.reason if frame else ""))
+    except OSError as exc:
+        outcome.append(core.failed(exc))
+    finally:
+        # Also when cancelled (an informer stopping), which would interrupt websockets' own
+        # closing handshake and leak the socket: close within a bound, then drop it.
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await socket.close()
+            socket.transport.abort()
 
 
 def stream_sync(
@@ -83,6 +100,7 @@ def stream_sync(
             subprotocols=_PROTOCOLS,
             additional_headers=spec.headers,
             open_timeout=OPEN_TIMEOUT,
+            close_timeout=CLOSE_TIMEOUT,
             max_size=MAX_MESSAGE_BYTES,
         ) as socket:
             core.opened_websocket(socket.subprotocol)
