@@ -123,11 +123,11 @@ class App:
 def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
     started: list[App] = []
 
-    def start(*args: str) -> App:
+    def start(*args: str, framework: str = "starlette") -> App:
         log = tmp_path / f"server-{len(started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "examples", "starlette", *SERVE_ON, *args],
+                [sys.executable, "-m", "examples", framework, *SERVE_ON, *args],
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -302,10 +302,11 @@ def is_live(count: int) -> Callable[[Snapshot], bool]:
     return check
 
 
+@pytest.mark.parametrize("framework", ["starlette", "flask", "django"])
 def test_page_follows_creates_patches_and_deletes(
-    tab: Tab, start_app: Callable[..., App], tmp_path: Path
+    tab: Tab, start_app: Callable[..., App], tmp_path: Path, framework: str
 ) -> None:
-    app = start_app("--seed", "3")
+    app = start_app("--seed", "3", framework=framework)
     tab.open(app.url + "/")
     snap = tab.wait_for("the seeded orders, live", is_live(3))
     assert snap.rows == {"o-1": "new", "o-2": "new", "o-3": "new"}
