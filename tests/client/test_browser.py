@@ -292,7 +292,7 @@ def test_a_silent_connection_is_noticed_in_fetch_mode(
     app = apps("--seed", "2")
     proxy = Proxy(app.port)
     try:
-        tab.open(f"{proxy.url}/client.html?mode=fetch&readTimeout=2500")
+        tab.open(f"{proxy.url}/client.html?mode=fetch&readTimeout=1500")
         wait_for(tab, "live", lambda s: s["synced"] and s["state"] == "live")
         proxy.freeze()  # heartbeats (every second) stop arriving; the socket stays open
         assert app.http.post("/orders", json=order("o-5")).status_code == 201

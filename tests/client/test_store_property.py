@@ -63,7 +63,7 @@ class Model:
         return [*events, self.event(EventType.BOOKMARK, end)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(ops)
 def test_the_store_converges_and_reports_each_version_once(history: list[tuple[str, Any]]) -> None:
     server = Model()
