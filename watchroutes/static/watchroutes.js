@@ -411,10 +411,12 @@ export class Informer {
   async _probe() {
     const abort = new AbortController();
     this._abort = abort;
+    // The same request as the EventSource's (its query token included), to see its answer.
+    const query = { lastEventId: this._lastId || null };
+    if (this.token) query[this.tokenParam] = this.token;
     const headers = { Accept: "text/event-stream" };
-    if (this.token) headers.Authorization = `Bearer ${this.token}`;
     try {
-      const response = await fetch(this._requestUrl({ lastEventId: this._lastId || null }), {
+      const response = await fetch(this._requestUrl(query), {
         headers, signal: abort.signal, credentials: this.options.withCredentials ? "include" : "same-origin",
       });
       if (response.ok) {
