@@ -16,7 +16,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as HTTPMethodNotAllowed
 
-from watchroutes import ClientError, MethodNotAllowed, NotFound
+from watchroutes import BadRequest, ClientError, MethodNotAllowed, NotFound
 from watchroutes.adapters.flask import (
     WatchRoutes,
     error_response,
@@ -44,6 +44,8 @@ from .orders import (
 #: that plain requests (lists, writes, /metrics) always find a thread.
 THREADS = 256
 RESERVE = 32
+#: The longest request line (and header) that reaches the app (protocol.md §5.5).
+MAX_LINE = 64 * 1024
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -60,11 +62,14 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
         check_token(settings, None, token)
 
     app = Flask(__name__)
-    app.extensions["orders_settings"] = settings
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS: 405 with Allow (no CORS here)
     WatchRoutes(app, hub, authorize=authorize)
 
     @app.before_request
     def guard() -> Response | None:
+        if len(request.environ.get("RAW_URI") or request.full_path) > MAX_LINE:
+            # gunicorn limits request lines to 8 KiB or not at all: past 64 KiB, a 400
+            raise BadRequest("the request line is longer than 64 KiB")
         path = request.path
         if path != "/orders" and not path.startswith("/orders/"):
             return None
@@ -152,9 +157,10 @@ def main(settings: Settings) -> None:
         "threads": THREADS,
         "graceful_timeout": 8,
         "keepalive": 5,
-        # request lines and headers up to 64 KiB reach the app (gunicorn's default is 4 KiB)
+        # request lines and headers up to 64 KiB reach the app (gunicorn's defaults are 4 and
+        # 8 KiB; 0 lifts the line limit, while a field size of 0 means 8 KiB again)
         "limit_request_line": 0,
-        "limit_request_field_size": 0,
+        "limit_request_field_size": 128 * 1024,
         "post_worker_init": ready,
         "worker_int": worker_int,
         "accesslog": None,

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.network
 MAX_BODY = 1024 * 1024
 
 
-@pytest.fixture(scope="module", params=["starlette", "fastapi", "aiohttp"])
+@pytest.fixture(scope="module", params=["starlette", "fastapi", "aiohttp", "flask", "django"])
 def app(request: pytest.FixtureRequest) -> Iterator[Server]:
     server = Server.start(str(request.param), "--heartbeat", "30", "--seed", "2")
     yield server

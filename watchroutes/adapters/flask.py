@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "pip install 'watchroutes[flask]'"
     ) from exc
 
-from watchroutes import ClientError
+from watchroutes import BadRequest, ClientError
 
 from . import (
     DEFAULT_MAX_BODY_BYTES,
@@ -87,9 +87,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION = "watchroutes"
-#: How much of a refused body is read and dropped before the 413 (past it the server closes
-#: the connection, and a client still sending may see a reset instead of the answer).
-DRAIN_BYTES = 64 * 1024 * 1024
 _INSTANCES: weakref.WeakSet[WatchRoutes] = weakref.WeakSet()
 
 
@@ -276,18 +273,17 @@ def list_response(resource: Resource, *, key: str | None = None) -> Response:
 
 def read_body(*, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
     """The request's body, limited while it is read (413 past ``limit``, before reading when
-    ``Content-Length`` says so). The rest of a refused body is read and dropped (up to
-    ``DRAIN_BYTES``), so that the client, still sending, reads the 413 instead of a reset."""
+    ``Content-Length`` says so); a body that cannot be read to its end (the client left, a
+    malformed chunk) is a 400."""
     stream = request.stream
     try:
         counter = BodyLimit(limit, request.headers.get("content-length"))
         while chunk := stream.read(65536):
             counter.feed(chunk)
     except ClientError:
-        drained = 0
-        while drained < DRAIN_BYTES and (chunk := stream.read(65536)):
-            drained += len(chunk)
         raise
+    except Exception:  # the server's own: the client left mid-body, or a malformed chunk
+        raise BadRequest("the request body could not be read to its end") from None
     return counter.body()
 
 
