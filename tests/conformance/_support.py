@@ -52,9 +52,10 @@ __all__ = [
     "xfail_if",
 ]
 
-#: Each example app on a real uvicorn, in memory through
+#: Each example app on its real server (uvicorn; gunicorn for Flask), in memory through
 #: ``watchroutes.testing.httpx.StreamingASGITransport`` (the same scenarios, no sockets), and
-#: on a shared log (``--backend``: the same wire behaviour through a Redis-backed hub).
+#: on a shared log (``--backend``: the same wire behaviour through a Redis-backed hub; Flask
+#: and Django share one in ``test_shared_log_frameworks``, a cluster of mixed adapters).
 FRAMEWORKS: Final = (
     "starlette",
     "fastapi",
@@ -65,6 +66,8 @@ FRAMEWORKS: Final = (
     "aiohttp-redis",
     "starlette-postgres",
     "starlette-nats",
+    "flask",
+    "django",
 )
 READY_TIMEOUT: Final = 20.0
 EXIT_TIMEOUT: Final = 10.0
