@@ -7,6 +7,11 @@ left off. Start with :class:`Hub`; mount it with ``watchroutes.adapters.starlett
 
 from __future__ import annotations
 
+from ._core.access import Access as Access
+from ._core.access import AuthRequest as AuthRequest
+from ._core.access import Principal as Principal
+from ._core.access import WatchLimits as WatchLimits
+from ._core.access import WatchScope as WatchScope
 from ._core.errors import AlreadyExists as AlreadyExists
 from ._core.errors import BadRequest as BadRequest
 from ._core.errors import ClientError as ClientError
@@ -44,7 +49,9 @@ from ._runtime.websocket import WebSocketRequest as WebSocketRequest
 __version__ = "0.1.0"
 
 __all__ = (
+    "Access",
     "AlreadyExists",
+    "AuthRequest",
     "BadRequest",
     "ClientError",
     "Clock",
@@ -61,6 +68,7 @@ __all__ = (
     "InvalidSelector",
     "MethodNotAllowed",
     "NotFound",
+    "Principal",
     "Reply",
     "RequestEntityTooLarge",
     "RequestInfo",
@@ -74,6 +82,8 @@ __all__ = (
     "UnsupportedMediaType",
     "UsageError",
     "WatchError",
+    "WatchLimits",
+    "WatchScope",
     "WebSocketLimits",
     "WebSocketRequest",
     "encode_event",

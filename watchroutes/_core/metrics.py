@@ -33,7 +33,16 @@ __all__ = [
 
 TRANSPORTS: Final = ("sse", "jsonlines", "longpoll", "websocket")
 #: Why a watch ended (the values of ``CloseReason``).
-CLOSE_REASONS: Final = ("client", "timeout", "slow", "shutdown", "error", "unavailable")
+CLOSE_REASONS: Final = (
+    "client",
+    "timeout",
+    "slow",
+    "shutdown",
+    "error",
+    "unavailable",
+    "expired",
+    "revoked",
+)
 DROP_REASONS: Final = ("slow", "coalesced")
 
 

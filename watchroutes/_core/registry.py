@@ -50,6 +50,8 @@ class CloseReason(enum.StrEnum):
     SHUTDOWN = "shutdown"  # the hub is closing
     ERROR = "error"  # the stream failed (write error, write timeout, expired)
     UNAVAILABLE = "unavailable"  # the shared log was lost or replaced: resume elsewhere/later
+    EXPIRED = "expired"  # the principal's credentials expired: re-authenticate, then resume
+    REVOKED = "revoked"  # the app revoked the principal's access
 
 
 class SlowConsumerPolicy(enum.StrEnum):
@@ -101,6 +103,7 @@ class Subscription:
         "index_term",
         "max_buffer",
         "on_close",
+        "principal",
         "resource",
         "waker",
     )
@@ -139,6 +142,9 @@ class Subscription:
         self.waker: Callable[[], None] | None = None
         #: Called (in the hub's thread) once when it is closed, after the waker.
         self.on_close: Callable[[], None] | None = None
+        #: The name of the principal it serves (``None``: an open resource); revocation
+        #: closes every subscription of a principal.
+        self.principal: str | None = None
 
     @property
     def policy(self) -> SlowConsumerPolicy:

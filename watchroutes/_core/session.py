@@ -31,7 +31,8 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
-from .errors import Status, UsageError
+from .access import CREDENTIALS_EXPIRED, REVOKED
+from .errors import Forbidden, Status, Unauthorized, UsageError
 from .events import Frame
 from .registry import CloseReason, Subscription
 from .wire import Wire
@@ -77,6 +78,7 @@ class WatchSession:
         reset: bool = False,
         heartbeat: float = DEFAULT_HEARTBEAT,
         end_at: float | None = None,
+        expires_at: float | None = None,
     ) -> None:
         """``initial`` (possibly empty) sends the state and the end bookmark at
         ``snapshot_rv``; ``None`` sends no initial events and marks ``start_rv`` instead.
@@ -87,6 +89,9 @@ class WatchSession:
         self.subscription = subscription
         self.heartbeat = heartbeat
         self.end_at = end_at
+        #: When the principal's credentials expire (the runtime's clock): the watch ends then
+        #: with a final bookmark and a 401 ``credentials expired``.
+        self.expires_at = expires_at
         self.phase = Phase.INITIAL
         self.close_reason: CloseReason | None = None
         #: The newest rv the client holds (an id or bookmark it was sent).
@@ -154,7 +159,10 @@ class WatchSession:
         last_bookmark = self._last_bookmark
         due = (last_write if last_write < last_bookmark else last_bookmark) + self.heartbeat
         end_at = self.end_at
-        return due if end_at is None or due < end_at else end_at
+        if end_at is not None and end_at < due:
+            due = end_at
+        expires_at = self.expires_at
+        return due if expires_at is None or due < expires_at else expires_at
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -190,6 +198,9 @@ class WatchSession:
             # was lost or replaced this node's head may belong to another epoch
             self._finish(reason)
             return self._wrote(data, now)
+        expires_at = self.expires_at
+        if reason is None and expires_at is not None and now >= expires_at:
+            reason = CloseReason.EXPIRED
         if reason is not None or (self.end_at is not None and now >= self.end_at):
             # The closing bookmark claims only what this watch was served: the head at the
             # subscription's close, never a head read later (entries applied since were
@@ -197,6 +208,10 @@ class WatchSession:
             through = sub.position(head)
             if through is not None and (sent is None or through > sent):
                 data += self.wire.bookmark(through)
+            if reason is CloseReason.EXPIRED:  # the client re-authenticates, then resumes
+                data += self.wire.error(Unauthorized(CREDENTIALS_EXPIRED).status())
+            elif reason is CloseReason.REVOKED:
+                data += self.wire.error(Forbidden(REVOKED).status())
             self._finish(reason or CloseReason.TIMEOUT)
             return self._wrote(data, now)
         if now - self._last_bookmark >= self.heartbeat:
@@ -218,6 +233,10 @@ class WatchSession:
 
     def _prelude_step(self, out: list[bytes], now: float) -> bool:
         """Write a batch of the prelude; True while more of it remains."""
+        if self.expires_at is not None and now >= self.expires_at:
+            out.append(self.wire.error(Unauthorized(CREDENTIALS_EXPIRED).status()))
+            self._finish(CloseReason.EXPIRED)  # no bookmark during the initial events
+            return True
         if self.end_at is not None and now >= self.end_at:
             self._finish(CloseReason.TIMEOUT)  # no bookmark during the initial events
             return True

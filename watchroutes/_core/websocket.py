@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .access import carries_token, subprotocol_token
+
 __all__ = [
     "DEFAULT_IDLE_SECONDS",
     "DEFAULT_MAX_MESSAGES_PER_SECOND",
@@ -101,8 +103,10 @@ def negotiate(offered: Sequence[str]) -> Handshake:
     for item in offered:
         if item == SUBPROTOCOL:
             speaks = True
-        elif item.startswith(BEARER_PREFIX) and token is None:
-            token = item[len(BEARER_PREFIX) :]
+        elif token is None and carries_token(item):  # bearer.<token>, or Kubernetes' form
+            token = subprotocol_token(item)  # (never echoed)
+    # A browser fails a socket whose server selects none of the subprotocols it offered, and
+    # a token-carrying one is never selected: so a client that offers any must offer ours.
     if offered and not speaks:
         refusal = ProtocolViolation(
             CloseCode.INVALID, f'unsupported subprotocol: offer "{SUBPROTOCOL}"'

@@ -9,12 +9,15 @@ answer, in the form the request's transport needs (``error_reply``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
+from .._core.access import AuthRequest
 from .._core.errors import ClientError, Expired, NotFound, ServiceUnavailable
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.state import StateSource
 from .._core.websocket import CloseCode
+from .guard import OPEN, Admission, admit
 from .longpoll import answer_longpoll
 from .node import Node, ResourceSpec
 from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply, error_reply, json_reply
@@ -37,12 +40,28 @@ CAPACITY_RETRY_AFTER: Final = 2
 
 
 class RequestInfo(NamedTuple):
-    """What an adapter reads off a request, framework-neutral."""
+    """What an adapter reads off a request, framework-neutral: the query pairs, ``Accept``,
+    ``Last-Event-ID``, the route's key; and, for authentication (protocol.md §7), the headers
+    (names lowercase), the cookies, the client's address and the method."""
 
     query: list[tuple[str, str]]
     accept: str | None = None
     last_event_id: str | None = None
     key: str | None = None
+    headers: Mapping[str, str] | None = None
+    cookies: Mapping[str, str] | None = None
+    client: str | None = None
+    method: str = "GET"
+
+    def auth(self) -> AuthRequest:
+        """The request as the ``authenticate`` hook sees it."""
+        return AuthRequest(
+            headers=self.headers or {},
+            query=self.query,
+            cookies=self.cookies or {},
+            client=self.client,
+            method=self.method,
+        )
 
 
 async def answer(node: Node, resource: str, request: RequestInfo, *, list_: bool = True) -> Reply:
@@ -73,31 +92,51 @@ async def answer_watch(node: Node, resource: str, request: RequestInfo) -> Reply
                 "this server is serving as many watches as it can; try again",
                 retry_after=CAPACITY_RETRY_AFTER,
             )
-        if mode is Mode.LONGPOLL:
-            return await answer_longpoll(node, res, parsed)
-        return await open_stream(node, res, parsed)
+        parsed, admission = await admit(
+            node, res, request.auth(), parsed, key=request.key, transport=mode.value
+        )
+        try:
+            if mode is Mode.LONGPOLL:
+                return await answer_longpoll(node, res, parsed, admission)
+            return await open_stream(node, res, parsed, admission)
+        except BaseException:
+            admission.release()
+            raise
     except ClientError as exc:
         node.metrics.client_error(exc.reason)
         return error_reply(exc, mode, retry_ms=node.retry_ms)
 
 
-async def open_stream(node: Node, res: ResourceSpec, parsed: WatchRequest) -> Reply:
+async def open_stream(
+    node: Node, res: ResourceSpec, parsed: WatchRequest, admission: Admission = OPEN
+) -> Reply:
     """Register the watch and prepare its stream (protocol.md §3.3 for SSE, §3.4 for JSON
     lines)."""
     wire = wire_for(res, parsed, node.retry_ms)
     headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
     try:
         session = await open_session(
-            node, res, parsed, wire, end_at=node.end_at(parsed.timeout_seconds)
+            node,
+            res,
+            parsed,
+            wire,
+            end_at=node.end_at(parsed.timeout_seconds),
+            admission=admission,
         )
     except Expired as exc:
         if parsed.mode is not Mode.JSONLINES:
             raise
+        admission.release()
         node.metrics.client_error(exc.reason)
         # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
         return Reply(200, headers, wire.error(exc.status()), chunked=True)
     stream = WatchStream(
-        node, session, session.subscription, resource=res.name, transport=parsed.mode.value
+        node,
+        session,
+        session.subscription,
+        resource=res.name,
+        transport=parsed.mode.value,
+        admission=admission,
     )
     return Reply(200, headers, session.preamble(), stream)
 
@@ -111,6 +150,9 @@ async def answer_list(node: Node, resource: str, request: RequestInfo) -> Reply:
     try:
         res = node.spec(resource)
         parsed = parse_request(request.query, key=request.key)
+        parsed, _ = await admit(
+            node, res, request.auth(), parsed, key=request.key, transport="list"
+        )
         await node.sync(parsed)
         if res.source is StateSource.CALLBACK:
             head = node.state.head

@@ -22,6 +22,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import msgspec
 
+from .._core.access import Access, WatchLimits
 from .._core.backend import ABSENT, LogBackend, Retention, check_expectation
 from .._core.errors import (
     AlreadyExists,
@@ -34,7 +35,7 @@ from .._core.events import Entry, EventType
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
 from .._core.metrics import Metrics, declare_resource
 from .._core.objects import NameRule, object_rv
-from .._core.registry import DEFAULT_BUFFER_SIZE, SlowConsumerPolicy
+from .._core.registry import DEFAULT_BUFFER_SIZE, CloseReason, SlowConsumerPolicy
 from .._core.selectors import EVERYTHING
 from .._core.session import DEFAULT_HEARTBEAT
 from .._core.state import (
@@ -180,6 +181,8 @@ class Hub(Node):
         backend: LogBackend | str | None = None,
         handle_signals: bool = True,
         max_watches: int | None = None,
+        access: Access | None = None,
+        watch_limits: WatchLimits | None = None,
     ) -> None:
         super().__init__(
             heartbeat=heartbeat,
@@ -194,6 +197,8 @@ class Hub(Node):
             clock=clock,
             metrics=metrics,
             max_watches=max_watches,
+            access=access,
+            watch_limits=watch_limits,
         )
         self.resources: dict[str, Resource] = {}
         if isinstance(backend, str):
@@ -222,6 +227,7 @@ class Hub(Node):
         retention_seconds: float | None = None,
         slow_consumer: str = "disconnect",
         names: NameRule = "subdomain",
+        access: Access | None = None,
     ) -> Resource:
         """Register a watchable resource. ``kind`` defaults to the name, singular-cased
         (``orders`` -> ``Order``); ``snapshot`` replaces the watch cache as state source;
@@ -229,7 +235,8 @@ class Hub(Node):
         resumes) or ``"coalesce"`` (newer events replace queued ones of the same key);
         ``names`` the rule every object name (key) must follow: ``"subdomain"`` (Kubernetes'
         DNS subdomain, the default), ``"segment"`` (any safe URL path segment) or a function
-        returning what is wrong with a name (``None``: nothing)."""
+        returning what is wrong with a name (``None``: nothing); ``access`` who may list
+        and watch it (the hub's ``access`` by default; see ``watchroutes.Access``)."""
         if not (callable(names) or names in ("subdomain", "segment")):
             raise UsageError(f"names must be 'subdomain', 'segment' or a function, not {names!r}")
         if not name or "/" in name:
@@ -254,6 +261,7 @@ class Hub(Node):
                 cache=cache,
                 slow_consumer=policy,
                 names=names,
+                access=access,
             )
             self.resources[name] = res
             self.specs[name] = res
@@ -567,6 +575,22 @@ class Hub(Node):
         await answers.serve_websocket(
             self, resource, request, socket, authorize=authorize, limits=limits
         )
+
+    def revoke(self, principal: str) -> int:
+        """End every watch of ``principal`` now (logout, a permission change): a final
+        bookmark, then a 403 ``access revoked`` (WebSocket: close 4403). Callable from any
+        thread; returns how many watches it ended."""
+        return self.call(self._revoke, principal)
+
+    def _revoke(self, principal: str) -> int:
+        state = self.state
+        head = state.head
+        ended = 0
+        for sub in state.registry.all():
+            if sub.principal == principal and sub.closed is None:
+                sub.close(CloseReason.REVOKED, head)
+                ended += 1
+        return ended
 
     def _resource(self, name: str) -> Resource:
         try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .._core.events import Frame
 from .._core.params import WatchRequest
 from .._core.registry import CloseReason
+from .guard import OPEN, Admission
 from .meter import WatchMeter
 from .reply import JSON_HEADERS, Reply
 
@@ -25,7 +26,9 @@ def _body(frames: list[Frame], rv: int) -> bytes:
     return b'{"events":[%s],"resourceVersion":"%d"}' % (events, rv)
 
 
-async def answer_longpoll(hub: Node, res: ResourceSpec, parsed: WatchRequest) -> Reply:
+async def answer_longpoll(
+    hub: Node, res: ResourceSpec, parsed: WatchRequest, admission: Admission = OPEN
+) -> Reply:
     import anyio
 
     clock = hub.clock
@@ -35,6 +38,7 @@ async def answer_longpoll(hub: Node, res: ResourceSpec, parsed: WatchRequest) ->
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
         )
     sub = opening.subscription
+    sub.principal = admission.name
     meter = WatchMeter(hub.metrics, clock, res.name, "longpoll", sub)
     reason = CloseReason.CLIENT
     try:
@@ -50,6 +54,9 @@ async def answer_longpoll(hub: Node, res: ResourceSpec, parsed: WatchRequest) ->
             timeout = parsed.timeout_seconds
             seconds = DEFAULT_LONGPOLL_SECONDS if timeout is None else float(timeout)
             deadline = clock.now() + min(seconds, hub.max_watch_seconds)
+            expires_at = admission.expires_at(hub)  # never wait past the credentials
+            if expires_at is not None and expires_at < deadline:
+                deadline = expires_at
             event = anyio.Event()
             sub.waker = event.set
             while not len(sub) and sub.closed is None and clock.now() < deadline:
@@ -73,6 +80,7 @@ async def answer_longpoll(hub: Node, res: ResourceSpec, parsed: WatchRequest) ->
     finally:
         with hub.lock:
             hub.state.close_watch(sub, reason)
+        admission.release()
         meter.closed(reason.value)
 
 

@@ -26,6 +26,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from .._core.access import Access, WatchLimits
 from .._core.errors import InternalError, NotFound
 from .._core.events import EventType, Frame
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
@@ -35,6 +36,7 @@ from .._core.params import WatchRequest
 from .._core.registry import DEFAULT_BUFFER_SIZE, CloseReason, SlowConsumerPolicy
 from .._core.session import DEFAULT_HEARTBEAT
 from .._core.state import DEFAULT_MAX_OBJECT_BYTES, HubState, StateSource
+from .._core.websocket import RateLimiter
 from .._core.wire.sse import DEFAULT_RETRY_MS
 from .._core.writes import Rules
 from .clock import Clock, SystemClock
@@ -81,6 +83,8 @@ class ResourceSpec:
     #: How object names (keys) are checked on every write (``watchroutes._core.objects``).
     names: NameRule = "subdomain"
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    #: Who may list and watch it (``None``: the hub's default, see ``Node.access``).
+    access: Access | None = None
     list_kind: str = field(init=False)
     source: StateSource = field(init=False)
     #: What every write of this resource is checked against (``watchroutes._core.writes``).
@@ -136,6 +140,8 @@ class Node:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         max_watches: int | None = None,
+        access: Access | None = None,
+        watch_limits: WatchLimits | None = None,
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
@@ -156,6 +162,14 @@ class Node:
         #: threaded WSGI server each watch holds a thread: keep it below the thread count so
         #: plain requests still find one. Past it a new watch gets a retryable 503.
         self.max_watches = max_watches
+        #: The default authentication hooks of every resource without its own.
+        self.access = access
+        #: Watches per principal, per client address, and new watches per second.
+        self.watch_limits = watch_limits
+        #: Open watches by ``principal:<name>`` / ``address:<addr>`` (``guard``).
+        self.watch_counts: dict[str, int] = {}
+        #: New-watch rate buckets by principal name (``guard``).
+        self.watch_rates: dict[str, RateLimiter] = {}
         self.state = HubState(
             now_us=self.clock.time_us(),
             retention_events=retention_events,

@@ -83,7 +83,11 @@ def error_reply(exc: ClientError, mode: Mode, *, retry_ms: int) -> Reply:
         wait = retry_ms if exc.retry_after is None else exc.retry_after * 1000
         body = sse.retry_block(wait) + b"data: " + status_envelope(status) + b"\n\n"
         return Reply(200, list(SSE_HEADERS), body, chunked=True)
-    extra = () if exc.retry_after is None else (("retry-after", str(exc.retry_after)),)
+    extra: tuple[tuple[str, str], ...] = ()
+    if exc.retry_after is not None:
+        extra = (("retry-after", str(exc.retry_after)),)
+    if exc.code == 401:  # RFC 6750: the scheme a client must use
+        extra = (*extra, ("www-authenticate", "Bearer"))
     return json_reply(exc.code, status, *extra)
 
 

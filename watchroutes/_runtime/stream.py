@@ -27,6 +27,7 @@ from .._core.wire import Wire
 from .._core.wire.jsonlines import JsonLinesWire
 from .._core.wire.sse import SseWire
 from .alarm import Alarm, make_alarm, on_asyncio
+from .guard import OPEN, Admission
 from .meter import WatchMeter
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class WatchStream:
         "_finished",
         "_interrupted",
         "_scope",
+        "admission",
         "hub",
         "meter",
         "on_cancel",
@@ -74,8 +76,11 @@ class WatchStream:
         *,
         resource: str = "",
         transport: str = "",
+        admission: Admission = OPEN,
     ) -> None:
         self.hub = hub
+        #: Its place in the per-principal and per-address limits, released when it ends.
+        self.admission = admission
         self.session = session
         self.subscription = subscription
         self.meter = WatchMeter(hub.metrics, hub.clock, resource, transport, subscription)
@@ -134,6 +139,7 @@ class WatchStream:
                 self.session.close(reason)
             hub.state.close_watch(self.subscription, reason)
         self.meter.closed(reason.value)
+        self.admission.release()
         hub.call(hub.untrack, self)  # on the loop: shutdown may be waiting for it
 
     async def run(self, send: Send) -> None:
@@ -300,7 +306,13 @@ def _jsonlines_wire(kind: str, api_version: str, bookmarks: bool) -> JsonLinesWi
 
 
 async def open_session(
-    hub: Node, res: ResourceSpec, parsed: WatchRequest, wire: Wire, *, end_at: float | None
+    hub: Node,
+    res: ResourceSpec,
+    parsed: WatchRequest,
+    wire: Wire,
+    *,
+    end_at: float | None,
+    admission: Admission = OPEN,
 ) -> WatchSession:
     """Register a watch and build its session; raises ``Expired`` and the other client errors
     of opening a watch (DESIGN 3.2)."""
@@ -310,6 +322,7 @@ async def open_session(
             res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
         )
     sub = opening.subscription
+    sub.principal = admission.name
     initial = opening.initial
     if opening.needs_snapshot:
         try:
@@ -329,4 +342,5 @@ async def open_session(
         reset=opening.reset,
         heartbeat=hub.heartbeat,
         end_at=end_at,
+        expires_at=admission.expires_at(hub),
     )

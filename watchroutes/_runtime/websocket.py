@@ -15,13 +15,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.lowlevel
 
+from .._core.access import CREDENTIALS_EXPIRED, REVOKED, AuthRequest, Principal
 from .._core.errors import BadRequest, ClientError, Forbidden, NotFound, Unauthorized
 from .._core.params import parse_request
 from .._core.registry import CloseReason
@@ -43,6 +44,7 @@ from .._core.websocket import (
 )
 from .._core.wire.websocket import WebSocketWire, control_message, error_message
 from .alarm import make_alarm
+from .guard import Admission, access_of, admit, authenticate
 from .meter import WatchMeter
 from .stream import Disconnected, open_session
 
@@ -87,6 +89,25 @@ class WebSocketRequest:
     secure: bool = False
     key: str | None = None
     authorization: str | None = None
+    #: For the ``authenticate`` hook (protocol.md §7): the handshake's headers (names
+    #: lowercase), its cookies and the client's address.
+    headers: Mapping[str, str] | None = None
+    cookies: Mapping[str, str] | None = None
+    client: str | None = None
+
+    def auth(self) -> AuthRequest:
+        """The handshake as the ``authenticate`` hook sees it."""
+        headers = dict(self.headers or {})
+        if self.authorization is not None:
+            headers.setdefault("authorization", self.authorization)
+        return AuthRequest(
+            headers=headers,
+            query=self.query,
+            cookies=self.cookies or {},
+            subprotocols=self.subprotocols,
+            client=self.client,
+            method="WEBSOCKET",
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,8 @@ _CLOSE_FOR: dict[CloseReason, CloseCode] = {
     CloseReason.TIMEOUT: CloseCode.NORMAL,
     CloseReason.ERROR: CloseCode.ERROR,
     CloseReason.UNAVAILABLE: CloseCode.TRY_AGAIN,
+    CloseReason.EXPIRED: CloseCode.UNAUTHORIZED,
+    CloseReason.REVOKED: CloseCode.FORBIDDEN,
 }
 
 
@@ -138,6 +161,7 @@ async def serve_websocket(
 ) -> None:
     """Run one WebSocket from its handshake to its close."""
     limits = limits or WebSocketLimits()
+    principal: Principal | None = None
     handshake = negotiate(request.subprotocols)
     await socket.accept(handshake.subprotocol)
     try:
@@ -147,6 +171,12 @@ async def serve_websocket(
             request.origin, host=request.host, secure=request.secure, allowed=limits.origins
         ):
             raise ProtocolViolation(CloseCode.FORBIDDEN, "origin not allowed")
+        access = access_of(hub, res)
+        if access is not None:
+            try:
+                principal = await authenticate(access, request.auth(), hub.clock.time_us() / 1e6)
+            except Unauthorized as exc:
+                raise ProtocolViolation(CloseCode.UNAUTHORIZED, exc.message) from None
         if authorize is not None:
             try:
                 result = authorize(_token(request, handshake.token))
@@ -163,7 +193,7 @@ async def serve_websocket(
             hub.metrics.client_error(f"ws-{exc.code.value}")
         await _close(socket, exc.code, exc.reason)
         return
-    await _Connection(hub, res, request, socket, limits).run()
+    await _Connection(hub, res, request, socket, limits, principal).run()
 
 
 async def _close(socket: Socket, code: int, reason: str) -> None:
@@ -183,8 +213,13 @@ class _Connection:
         request: WebSocketRequest,
         socket: Socket,
         limits: WebSocketLimits,
+        principal: Principal | None = None,
     ) -> None:
         self.hub = hub
+        #: Who the socket acts for (authenticated once, at the handshake).
+        self.principal = principal
+        #: Each subscription's place in the per-principal and per-address limits.
+        self.admissions: dict[str, Admission] = {}
         self.res = res
         self.request = request
         self.socket = socket
@@ -281,6 +316,9 @@ class _Connection:
             session.close(reason)
         self.hub.state.close_watch(session.subscription, reason)
         self.meters.pop(sub_id).closed(reason.value)
+        admission = self.admissions.pop(sub_id, None)
+        if admission is not None:
+            admission.release()
         return True
 
     async def _open(
@@ -293,10 +331,26 @@ class _Connection:
                 res.kind, res.api_version, sub_id, bookmarks=parsed.allow_watch_bookmarks
             )
             end_at = self.end_at if sub_id == IMPLICIT_ID else None
-            session = await open_session(self.hub, res, parsed, wire, end_at=end_at)
+            parsed, admission = await admit(
+                self.hub,
+                res,
+                self.request.auth(),
+                parsed,
+                key=key,
+                transport="websocket",
+                principal=self.principal,
+            )
+            try:
+                session = await open_session(
+                    self.hub, res, parsed, wire, end_at=end_at, admission=admission
+                )
+            except BaseException:
+                admission.release()
+                raise
         except ClientError as exc:
             self._error(sub_id, exc)
             return
+        self.admissions[sub_id] = admission
         session.subscription.waker = self.alarm.set
         session.subscription.on_close = self._closed
         self.sessions[sub_id] = session
@@ -476,4 +530,6 @@ _REASONS: dict[int, str] = {
     CloseCode.RESTART: "the server is shutting down",
     CloseCode.TRY_AGAIN: "the event log is unavailable: resume later",
     CloseCode.ERROR: "the watch failed",
+    CloseCode.UNAUTHORIZED: CREDENTIALS_EXPIRED,
+    CloseCode.FORBIDDEN: REVOKED,
 }

@@ -117,6 +117,10 @@ def request_info(request: web.Request, key: str | None = None) -> RequestInfo:
         accept=headers.get(hdrs.ACCEPT),
         last_event_id=headers.get("Last-Event-ID"),
         key=None if key is None else request.match_info[key],
+        headers={name.lower(): value for name, value in headers.items()},
+        cookies=dict(request.cookies),
+        client=request.remote,
+        method=request.method,
     )
 
 
@@ -308,6 +312,9 @@ def websocket_request(request: web.Request, key: str | None = None) -> WebSocket
         secure=request.secure,
         key=None if key is None else request.match_info[key],
         authorization=headers.get(hdrs.AUTHORIZATION),
+        headers={name.lower(): value for name, value in headers.items()},
+        cookies=dict(request.cookies),
+        client=request.remote,
     )
 
 

@@ -86,11 +86,16 @@ _RESPONSE_PARAM = "_watchroutes_response"
 def request_info(request: Request, key: str | None = None) -> RequestInfo:
     """Translate a Starlette request; ``key`` names the path parameter of an object route."""
     headers = request.headers
+    client = request.client
     return RequestInfo(
         query=request.query_params.multi_items(),
         accept=headers.get("accept"),
         last_event_id=headers.get("last-event-id"),
         key=None if key is None else str(request.path_params[key]),
+        headers=headers,  # case-insensitive, names lowercase
+        cookies=request.cookies,
+        client=None if client is None else client.host,
+        method=request.method,
     )
 
 
@@ -356,6 +361,9 @@ def websocket_request(ws: WebSocket, key: str | None = None) -> WebSocketRequest
         secure=ws.url.scheme == "wss",
         key=None if key is None else str(ws.path_params[key]),
         authorization=headers.get("authorization"),
+        headers=headers,
+        cookies=ws.cookies,
+        client=None if ws.client is None else ws.client.host,
     )
 
 

@@ -19,6 +19,7 @@ from ._filter import DEFAULT_MAX_VALUES as DEFAULT_MAX_VALUES
 from ._filter import EVERYTHING as EVERYTHING
 from ._filter import Filter as Filter
 from ._filter import compile_filter as compile_filter
+from ._filter import restrict as restrict
 from ._index import IndexTerm as IndexTerm
 from ._index import object_index_terms as object_index_terms
 from ._labels import label_key_problem as label_key_problem
@@ -35,4 +36,5 @@ __all__ = [
     "label_key_problem",
     "label_value_problem",
     "object_index_terms",
+    "restrict",
 ]

@@ -15,7 +15,7 @@ Matching is plain attribute and dict work: no parsing and no regex after :func:`
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
 from ..errors import InvalidSelector
@@ -32,6 +32,7 @@ __all__ = [
     "EVERYTHING",
     "Filter",
     "compile_filter",
+    "restrict",
 ]
 
 #: Characters per selector. DESIGN 3.2 ("longer than 4 KiB by default"): half of the 8 KiB
@@ -71,6 +72,8 @@ class Filter(Frozen):
             under any one of them is found by every object that can match it.
         label_selector: the canonical text of the label requirements (``""`` when none).
         field_selector: the canonical text of the field requirements (``""`` when none).
+        visible: a per-object predicate ANDed with the requirements (a principal's
+            ``can_see``, see :func:`restrict`), or ``None``.
     """
 
     __slots__ = (
@@ -84,6 +87,7 @@ class Filter(Frozen):
         "label_equals",
         "label_selector",
         "name",
+        "visible",
     )
     everything: bool
     name: str | None
@@ -95,9 +99,15 @@ class Filter(Frozen):
     _fields: tuple[FieldReq, ...]
     _key: tuple[tuple[tuple[str, int, tuple[str, ...]], ...], tuple[tuple[str, int, str], ...]]
     _hash: int
+    visible: Callable[[Any], bool] | None
 
-    def __init__(self, labels: tuple[LabelReq, ...], fields: tuple[FieldReq, ...]) -> None:
-        """Internal: use :func:`compile_filter`."""
+    def __init__(
+        self,
+        labels: tuple[LabelReq, ...],
+        fields: tuple[FieldReq, ...],
+        visible: Callable[[Any], bool] | None = None,
+    ) -> None:
+        """Internal: use :func:`compile_filter` (and :func:`restrict`)."""
         by_label = {req.canon(): req for req in labels}
         by_field = {req.canon(): req for req in fields}
         label_keys = sorted(by_label)
@@ -117,8 +127,9 @@ class Filter(Frozen):
         setter(self, "_labels", labels)
         setter(self, "_fields", fields)
         setter(self, "_key", key)
-        setter(self, "_hash", hash(key))
-        setter(self, "everything", not labels and not fields)
+        setter(self, "_hash", hash(key) if visible is None else hash((key, id(visible))))
+        setter(self, "visible", visible)
+        setter(self, "everything", not labels and not fields and visible is None)
         setter(self, "name", name)
         label_equals = tuple((req.key, req.value) for req in labels if isinstance(req, LabelEquals))
         setter(self, "label_equals", label_equals)
@@ -134,15 +145,20 @@ class Filter(Frozen):
             for label_req in self._labels:
                 if not label_req.matches(labels):
                     return False
-        for field_req in self._fields:  # noqa: SIM110 - no generator per call on the hot path
+        for field_req in self._fields:
             if not field_req.matches(obj):
                 return False
-        return True
+        visible = self.visible
+        return visible is None or visible(obj)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Filter):
             return NotImplemented
-        return self._hash == other._hash and self._key == other._key
+        return (
+            self._hash == other._hash
+            and self._key == other._key
+            and self.visible is other.visible
+        )
 
     def __hash__(self) -> int:
         return self._hash
@@ -154,6 +170,8 @@ class Filter(Frozen):
         )
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        if self.visible is not None:
+            raise TypeError("a Filter restricted by a visibility predicate cannot be pickled")
         return (_rebuild, (self.label_selector, self.field_selector))
 
 
@@ -206,3 +224,15 @@ def compile_filter(
     if not labels and not fields:
         return EVERYTHING
     return Filter(labels, fields)
+
+
+def restrict(
+    flt: Filter, forced: Filter | None = None, visible: Callable[[Any], bool] | None = None
+) -> Filter:
+    """``flt`` ANDed with a ``forced`` filter (an authorization's forced selector: its
+    equality terms index the watch like any other) and a ``visible`` predicate."""
+    if (forced is None or forced.everything) and visible is None:
+        return flt
+    labels = flt._labels if forced is None else flt._labels + forced._labels
+    fields = flt._fields if forced is None else flt._fields + forced._fields
+    return Filter(labels, fields, visible)

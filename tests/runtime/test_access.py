@@ -1,0 +1,274 @@
+"""Who may watch what (protocol.md §7) through one adapter, in memory: authentication on every
+transport, forced selectors, per-object visibility with its transitions, expiry, revocation
+and the per-principal limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from watchroutes import (
+    Access,
+    AuthRequest,
+    Forbidden,
+    Hub,
+    Principal,
+    WatchLimits,
+    WatchScope,
+)
+from watchroutes.adapters.starlette import watch_endpoint, websocket_endpoint
+from watchroutes.testing import WatchClient
+
+pytestmark = pytest.mark.anyio
+
+TOKENS = {"TA": "alice", "TB": "bob", "TC": "carol"}
+GENERIC = "a valid bearer token is required"
+
+
+def authenticate(request: AuthRequest) -> Principal | None:
+    token = request.bearer_token(cookie="token", query=True)
+    name = TOKENS.get(token or "")
+    if name is None:
+        return None
+    expires = EXPIRY.get(name)
+    return Principal(name, expires_at=expires)
+
+
+def authorize(principal: Principal, scope: WatchScope) -> str | None:
+    if principal.name == "carol":
+        raise Forbidden("carol may not watch orders")
+    return None
+
+
+def can_see(principal: Principal, obj: Any) -> bool:
+    return bool(obj["metadata"].get("labels", {}).get("owner") == principal.name)
+
+
+EXPIRY: dict[str, float] = {}
+
+
+def order(name: str, owner: str, phase: str = "new") -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"owner": owner}}, "status": {"phase": phase}}
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[tuple[Hub, WatchClient]]:
+    EXPIRY.clear()
+    hub = Hub(
+        heartbeat=0.2,
+        access=Access(authenticate, authorize, can_see),
+        watch_limits=WatchLimits(per_principal=3, per_second=50),
+    )
+    orders = hub.resource("orders", kind="Order")
+    starlette = Starlette(
+        routes=[
+            Route("/orders", watch_endpoint(orders)),
+            Route("/orders/{name}", watch_endpoint(orders, key="name")),
+            WebSocketRoute("/ws", websocket_endpoint(orders)),
+        ]
+    )
+    async with hub:
+        yield hub, WatchClient(starlette)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer nope"},
+        {"authorization": "Basic dTpw"},
+        {"authorization": "Bearer"},
+        {"cookie": "token=nope"},
+    ],
+)
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"watch": "true"}, {"watch": "true", "feed": "longpoll", "timeoutSeconds": "0"}],
+)
+async def test_every_refusal_is_the_same_401(
+    app: tuple[Hub, WatchClient], headers: dict[str, str], params: dict[str, str]
+) -> None:
+    _, client = app
+    answer = await client.get("/orders", params=params, headers=headers)
+    assert answer.status == 401
+    assert answer.headers["www-authenticate"] == "Bearer"
+    body = answer.json()
+    assert (body["reason"], body["message"]) == ("Unauthorized", GENERIC)
+    assert "nope" not in answer.body.decode()
+
+
+async def test_an_unauthenticated_sse_watch_is_a_final_401(app: tuple[Hub, WatchClient]) -> None:
+    _, client = app
+    answer = await client.get("/orders", headers={"accept": "text/event-stream"})
+    assert answer.status == 401  # a non-200: EventSource stops for good
+
+
+@pytest.mark.parametrize(
+    ("headers", "params"),
+    [
+        (bearer("TA"), {}),
+        ({"cookie": "token=TA"}, {}),
+        ({}, {"access_token": "TA"}),
+    ],
+)
+async def test_every_token_source(
+    app: tuple[Hub, WatchClient], headers: dict[str, str], params: dict[str, str]
+) -> None:
+    hub, client = app
+    hub.resources["orders"].create(order("a-1", "alice"))
+    answer = await client.get("/orders", params=params, headers=headers)
+    assert answer.status == 200
+    assert [i["metadata"]["name"] for i in answer.json()["items"]] == ["a-1"]
+
+
+async def test_authorize_refuses_with_403(app: tuple[Hub, WatchClient]) -> None:
+    _, client = app
+    answer = await client.get("/orders", params={"watch": "true"}, headers=bearer("TC"))
+    assert answer.status == 403
+    assert answer.json()["message"] == "carol may not watch orders"
+
+
+async def test_lists_and_gets_show_only_what_the_principal_may_see(
+    app: tuple[Hub, WatchClient],
+) -> None:
+    hub, client = app
+    orders = hub.resources["orders"]
+    orders.create(order("a-1", "alice"))
+    orders.create(order("b-1", "bob"))
+    listed = (await client.get("/orders", headers=bearer("TB"))).json()
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["b-1"]
+    assert (await client.get("/orders/b-1", headers=bearer("TB"))).status == 200
+    assert (await client.get("/orders/a-1", headers=bearer("TB"))).status == 404
+
+
+async def test_visibility_transitions_live_and_in_replays(app: tuple[Hub, WatchClient]) -> None:
+    """Gaining visibility is ADDED, losing it DELETED with the previous object stamped with
+    the event's rv; changes the principal may not see never reach it."""
+    hub, client = app
+    orders = hub.resources["orders"]
+    first = orders.create(order("x", "bob"))
+    start = first["metadata"]["resourceVersion"]
+    moved = orders.replace(order("x", "alice"))  # bob -> alice: alice gains it
+    hidden = orders.create(order("hidden-1", "bob"))
+    changed = orders.replace(order("x", "alice", phase="paid"))
+    gone = orders.replace(order("x", "bob", phase="paid"))  # alice loses it
+    params = {"watch": "true", "resourceVersion": start}
+    events = await client.watch("/orders", 3, params=params, headers=bearer("TA"))
+    assert [(e["type"], e["resourceVersion"]) for e in events] == [
+        ("ADDED", moved["metadata"]["resourceVersion"]),
+        ("MODIFIED", changed["metadata"]["resourceVersion"]),
+        ("DELETED", gone["metadata"]["resourceVersion"]),
+    ]
+    deleted = events[2]["object"]
+    assert deleted["metadata"]["labels"]["owner"] == "alice"  # the previous object
+    assert deleted["metadata"]["resourceVersion"] == gone["metadata"]["resourceVersion"]
+    assert all(e["object"]["metadata"]["name"] == "x" for e in events)
+    assert hidden["metadata"]["resourceVersion"] not in str(events)
+    # live: the same transitions
+    async with client.stream(
+        "GET", "/orders", params={"watch": "true"}, headers=bearer("TA")
+    ) as stream:
+        orders.replace(order("x", "alice", phase="shipped"))
+        orders.replace(order("hidden-1", "bob", phase="x"))  # not alice's: never sent
+        orders.replace(order("x", "bob", phase="shipped"))
+        live = [await stream.next_line(), await stream.next_line()]
+    assert [e["type"] for e in live] == ["ADDED", "DELETED"]
+
+
+async def test_websocket_authenticates_at_the_handshake(app: tuple[Hub, WatchClient]) -> None:
+    hub, client = app
+    hub.resources["orders"].create(order("a-1", "alice"))
+    hub.resources["orders"].create(order("b-1", "bob"))
+    for protocols in (["watchroutes.v1"], ["watchroutes.v1", "bearer.nope"]):
+        async with client.websocket("/ws", subprotocols=protocols) as ws:
+            with anyio.fail_after(5):
+                code, reason = await ws.wait_closed()
+        assert (code, reason) == (4401, GENERIC)
+    for protocols in (["watchroutes.v1", "bearer.TA"], ["watchroutes.v1", k8s("TA")]):
+        async with client.websocket("/ws", subprotocols=protocols) as ws:
+            message = await ws.receive_json()
+            assert message["object"]["metadata"]["name"] == "a-1"
+            assert ws.subprotocol == "watchroutes.v1"  # the token is never echoed
+
+
+def k8s(token: str) -> str:
+    import base64
+
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    return "base64url.bearer.authorization.k8s.io." + encoded
+
+
+async def test_expired_credentials_end_the_stream_with_a_bookmark_and_401(
+    app: tuple[Hub, WatchClient],
+) -> None:
+    hub, client = app
+    EXPIRY["alice"] = time.time() + 0.5
+    query = {"watch": "true", "allowWatchBookmarks": "true"}
+    async with client.stream("GET", "/orders", params=query, headers=bearer("TA")) as stream:
+        assert (await stream.next_line())["type"] == "BOOKMARK"  # initial events end
+        moved = hub.resources["orders"].create(order("b-1", "bob"))  # moves the head only
+        with anyio.fail_after(5):
+            rest = [line async for line in stream.json_lines()]
+    assert rest[-2]["type"] == "BOOKMARK"
+    assert (
+        rest[-2]["object"]["metadata"]["resourceVersion"] == (moved["metadata"]["resourceVersion"])
+    )
+    assert rest[-1]["type"] == "ERROR"
+    assert (rest[-1]["object"]["code"], rest[-1]["object"]["message"]) == (
+        401,
+        "credentials expired",
+    )
+    assert "resourceVersion" not in rest[-1]
+
+
+async def test_expired_credentials_are_refused_at_connect(app: tuple[Hub, WatchClient]) -> None:
+    _, client = app
+    EXPIRY["alice"] = time.time() - 1
+    answer = await client.get("/orders", params={"watch": "true"}, headers=bearer("TA"))
+    assert answer.status == 401
+    assert answer.json()["message"] == GENERIC
+
+
+async def test_revocation_ends_every_watch_of_a_principal(app: tuple[Hub, WatchClient]) -> None:
+    hub, client = app
+    sse = {**bearer("TA"), "accept": "text/event-stream"}
+    async with client.stream("GET", "/orders", headers=sse) as stream:
+        await stream.next_sse()  # retry
+        await stream.next_sse()  # the initial events' end
+        assert hub.revoke("alice") == 1
+        assert hub.revoke("bob") == 0
+        with anyio.fail_after(5):
+            rest = [message async for message in stream.sse()]
+    assert rest[-1].id is None
+    assert '"code":403' in (rest[-1].data or "")
+    assert '"message":"access revoked"' in (rest[-1].data or "")
+
+
+async def test_per_principal_limit_is_a_429(app: tuple[Hub, WatchClient]) -> None:
+    hub, client = app
+    query = {"watch": "true"}
+    a, b, c = (client.stream("GET", "/orders", params=query, headers=bearer("TA")) for _ in "abc")
+    async with a, b, c:
+        refused = await client.get("/orders", params=query, headers=bearer("TA"))
+        assert refused.status == 429
+        assert refused.headers["retry-after"] == "1"
+        sse = {**bearer("TA"), "accept": "text/event-stream"}
+        retry = await client.get("/orders", headers=sse)
+        assert retry.status == 200
+        assert retry.body.startswith(b"retry: 1000\n\ndata: ")
+        brief = query | {"timeoutSeconds": "1"}
+        other = await client.get("/orders", params=brief, headers=bearer("TB"))
+        assert other.status == 200  # bob's own budget
+    with anyio.fail_after(5):
+        while hub.watch_counts:  # noqa: ASYNC110 - the counts drop as the streams end
+            await anyio.sleep(0.01)
