@@ -9,6 +9,7 @@ needs; waitress buffers until ``send_bytes`` and has no socket to hand over.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -40,10 +41,10 @@ from .orders import (
     start,
 )
 
-#: gunicorn's pool threads in the one worker; watches may take all but RESERVE of them, so
-#: that plain requests (lists, writes, /metrics) always find a thread.
+#: gunicorn's pool threads in the one worker (``WATCHROUTES_THREADS`` overrides it); watches
+#: may take all but an eighth of them (at least 2), so that plain requests (lists, writes,
+#: /metrics) always find a thread.
 THREADS = 256
-RESERVE = 32
 #: The longest request line (and header) that reaches the app (protocol.md §5.5).
 MAX_LINE = 64 * 1024
 
@@ -56,7 +57,7 @@ def json_response(body: object, status: int = 200) -> Response:
 
 def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
     hub, orders = make_hub(settings)
-    hub.max_watches = threads - RESERVE
+    hub.max_watches = threads - max(2, threads // 8)
 
     def authorize(token: str | None) -> None:
         check_token(settings, None, token)
@@ -141,7 +142,8 @@ def main(settings: Settings) -> None:
     """Serve with gunicorn (one gthread worker) until SIGINT or SIGTERM."""
     from gunicorn.app.base import BaseApplication
 
-    app = create_app(settings)
+    threads = int(os.environ.get("WATCHROUTES_THREADS", THREADS))
+    app = create_app(settings, threads=threads)
     hub = app.extensions["watchroutes"].hub
 
     def ready(worker: Any) -> None:
@@ -154,7 +156,7 @@ def main(settings: Settings) -> None:
         "bind": f"{settings.host}:{settings.port}",
         "workers": 1,  # the in-memory log serves one process (several need --backend)
         "worker_class": "gthread",
-        "threads": THREADS,
+        "threads": threads,
         "graceful_timeout": 8,
         "keepalive": 5,
         # request lines and headers up to 64 KiB reach the app (gunicorn's defaults are 4 and
