@@ -29,6 +29,7 @@ hub; gunicorn hooks: ``from watchroutes.adapters.flask import post_worker_init, 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import signal
@@ -129,6 +130,7 @@ class WatchRoutes:
             if self.runner is None:
                 assert self.hub is not None, "init_app(app, hub) first"
                 self.runner = HubThread(self.hub).start()
+                atexit.register(self.stop, 8.0)  # (a no-op once stopped)
             return self.runner
 
     def stop(self, timeout: float | None = None) -> None:
