@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._core.access import Access as Access
 from ._core.access import AuthRequest as AuthRequest
+from ._core.access import Cors as Cors
 from ._core.access import Principal as Principal
 from ._core.access import WatchLimits as WatchLimits
 from ._core.access import WatchScope as WatchScope
@@ -56,6 +57,7 @@ __all__ = (
     "ClientError",
     "Clock",
     "Conflict",
+    "Cors",
     "EventType",
     "Expired",
     "Forbidden",

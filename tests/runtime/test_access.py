@@ -272,3 +272,41 @@ async def test_per_principal_limit_is_a_429(app: tuple[Hub, WatchClient]) -> Non
     with anyio.fail_after(5):
         while hub.watch_counts:  # noqa: ASYNC110 - the counts drop as the streams end
             await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [("https://app.example", True), ("https://evil.example", False), (None, False)],
+)
+async def test_cors_is_off_by_default_and_echoes_only_listed_origins(
+    origin: str | None, allowed: bool
+) -> None:
+    from watchroutes import Cors
+
+    hub = Hub(cors=Cors(["https://app.example"], credentials=True))
+    orders = hub.resource("orders", kind="Order")
+    plain = Hub()
+    plain_orders = plain.resource("orders", kind="Order")
+    routes = [Route("/orders", watch_endpoint(orders), methods=["GET", "OPTIONS"])]
+    client = WatchClient(Starlette(routes=routes))
+    headers = {} if origin is None else {"origin": origin}
+    preflight = await client.request(
+        "OPTIONS", "/orders", headers={**headers, "access-control-request-method": "GET"}
+    )
+    assert preflight.status == 204
+    assert ("access-control-allow-origin" in preflight.headers) is allowed
+    if allowed:
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        assert preflight.headers["access-control-allow-headers"] == (
+            "Authorization, Last-Event-ID, Accept"
+        )
+    for params in ({}, {"watch": "true", "timeoutSeconds": "1"}):
+        answer = await client.get("/orders", params=params, headers=headers)
+        assert answer.headers.get("access-control-allow-origin") == (origin if allowed else None)
+        assert "*" not in answer.headers.get("access-control-allow-origin", "")
+        if origin is not None:
+            assert "Origin" in answer.headers["vary"]
+    off = WatchClient(Starlette(routes=[Route("/orders", watch_endpoint(plain_orders))]))
+    answer = await off.get("/orders", headers=headers)
+    assert "access-control-allow-origin" not in answer.headers

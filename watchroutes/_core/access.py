@@ -41,8 +41,10 @@ __all__ = [
     "K8S_SUBPROTOCOL",
     "REVOKED",
     "UNAUTHORIZED",
+    "CORS_REQUEST_HEADERS",
     "Access",
     "AuthRequest",
+    "Cors",
     "Principal",
     "WatchLimits",
     "WatchScope",
@@ -199,3 +201,56 @@ class WatchLimits:
         rate = self.per_second
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise ValueError("per_second must be positive (or None)")
+
+
+#: Request headers a cross-origin watch may send (named, never ``*``: with credentials a
+#: browser takes ``*`` literally).
+CORS_REQUEST_HEADERS: Final = "Authorization, Last-Event-ID, Accept"
+
+
+@dataclass(frozen=True)
+class Cors:
+    """Cross-origin access to the watch routes: off unless a hub or resource has one.
+
+    ``origins`` are exact origins (``"https://app.example.com"``); ``"*"`` allows any origin,
+    and only without ``credentials``. ``credentials`` adds
+    ``Access-Control-Allow-Credentials: true`` (cookies, HTTP auth) for listed origins.
+    """
+
+    origins: Sequence[str]
+    credentials: bool = False
+    #: How long a browser may cache a preflight's answer (seconds).
+    max_age: int = 600
+
+    def __post_init__(self) -> None:
+        if self.credentials and "*" in self.origins:
+            raise ValueError("Cors: '*' cannot be combined with credentials")
+        if self.max_age < 0:
+            raise ValueError("Cors: max_age must not be negative")
+
+    def allows(self, origin: str | None) -> bool:
+        return origin is not None and (origin in self.origins or "*" in self.origins)
+
+    def headers(self, origin: str | None) -> list[tuple[str, str]]:
+        """The CORS headers of an answer to a request from ``origin``: the origin echoed only
+        when listed (never an unlisted one, never ``*`` with credentials), and always
+        ``Vary: Origin``."""
+        if origin is None:
+            return []
+        out = [("vary", "Origin")]
+        if self.allows(origin):
+            out.append(("access-control-allow-origin", origin))
+            if self.credentials:
+                out.append(("access-control-allow-credentials", "true"))
+        return out
+
+    def preflight(self, origin: str | None) -> list[tuple[str, str]]:
+        """The headers of the answer to a preflight (``OPTIONS``) from ``origin``."""
+        out = self.headers(origin)
+        if self.allows(origin):
+            out += [
+                ("access-control-allow-methods", "GET"),
+                ("access-control-allow-headers", CORS_REQUEST_HEADERS),
+                ("access-control-max-age", str(self.max_age)),
+            ]
+        return out

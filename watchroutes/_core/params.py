@@ -24,6 +24,7 @@ __all__ = [
     "MAX_TIMEOUT_SECONDS",
     "Mode",
     "WatchRequest",
+    "is_watch",
     "parse_bool",
     "parse_request",
     "wants_event_stream",
@@ -68,6 +69,17 @@ class WatchRequest(msgspec.Struct, frozen=True, kw_only=True):
         if self.send_initial_events is not None:
             return self.send_initial_events
         return self.resource_version is None or self.resource_version == 0
+
+
+def is_watch(query: Iterable[tuple[str, str]], accept: str | None) -> bool:
+    """Whether a GET asks for a watch rather than the list (protocol.md §3.1), without
+    validating anything (``parse_request`` does: a malformed watch is still a watch)."""
+    for name, value in query:
+        if name == "watch":
+            if parse_bool(value):
+                return True
+            break
+    return wants_event_stream(accept) or any(name == "feed" for name, _ in query)
 
 
 def parse_bool(value: str) -> bool:

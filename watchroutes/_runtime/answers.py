@@ -69,11 +69,37 @@ async def answer(node: Node, resource: str, request: RequestInfo, *, list_: bool
     reply = await answer_watch(node, resource, request)
     if reply is not None:
         return reply
-    return await answer_list(node, resource, request) if list_ else Reply(200, [])
+    if list_:
+        return await answer_list(node, resource, request)
+    return _cors(node, resource, request, Reply(200, []))
+
+
+def _cors(node: Node, resource: str, request: RequestInfo, reply: Reply) -> Reply:
+    """``reply`` with the CORS headers its request's ``Origin`` gets (protocol.md §7)."""
+    spec = node.specs.get(resource)
+    cors = spec.cors if spec is not None and spec.cors is not None else node.cors
+    if cors is not None and request.headers is not None:
+        reply.headers.extend(cors.headers(request.headers.get("origin")))
+    return reply
+
+
+def answer_preflight(node: Node, resource: str, request: RequestInfo) -> Reply:
+    """The answer to a CORS preflight (``OPTIONS``) of a watchable route: 204, with the
+    allowed origin, method and headers when the origin is listed (protocol.md §7)."""
+    spec = node.specs.get(resource)
+    cors = spec.cors if spec is not None and spec.cors is not None else node.cors
+    origin = None if request.headers is None else request.headers.get("origin")
+    headers = [] if cors is None else cors.preflight(origin)
+    return Reply(204, headers)
 
 
 async def answer_watch(node: Node, resource: str, request: RequestInfo) -> Reply | None:
     """The answer when ``request`` is a watch; ``None`` when it is a plain GET."""
+    reply = await _answer_watch(node, resource, request)
+    return None if reply is None else _cors(node, resource, request, reply)
+
+
+async def _answer_watch(node: Node, resource: str, request: RequestInfo) -> Reply | None:
     node.bind()
     mode = Mode.LIST
     try:
@@ -147,6 +173,10 @@ async def answer_list(node: Node, resource: str, request: RequestInfo) -> Reply:
     The objects come from the resource's state source: the watch cache, or the snapshot
     callback (with the rv read before calling it, as for a watch).
     """
+    return _cors(node, resource, request, await _answer_list(node, resource, request))
+
+
+async def _answer_list(node: Node, resource: str, request: RequestInfo) -> Reply:
     try:
         res = node.spec(resource)
         parsed = parse_request(request.query, key=request.key)

@@ -22,7 +22,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import msgspec
 
-from .._core.access import Access, WatchLimits
+from .._core.access import Access, Cors, WatchLimits
 from .._core.backend import ABSENT, LogBackend, Retention, check_expectation
 from .._core.errors import (
     AlreadyExists,
@@ -183,6 +183,7 @@ class Hub(Node):
         max_watches: int | None = None,
         access: Access | None = None,
         watch_limits: WatchLimits | None = None,
+        cors: Cors | None = None,
     ) -> None:
         super().__init__(
             heartbeat=heartbeat,
@@ -199,6 +200,7 @@ class Hub(Node):
             max_watches=max_watches,
             access=access,
             watch_limits=watch_limits,
+            cors=cors,
         )
         self.resources: dict[str, Resource] = {}
         if isinstance(backend, str):
@@ -228,6 +230,7 @@ class Hub(Node):
         slow_consumer: str = "disconnect",
         names: NameRule = "subdomain",
         access: Access | None = None,
+        cors: Cors | None = None,
     ) -> Resource:
         """Register a watchable resource. ``kind`` defaults to the name, singular-cased
         (``orders`` -> ``Order``); ``snapshot`` replaces the watch cache as state source;
@@ -262,6 +265,7 @@ class Hub(Node):
                 slow_consumer=policy,
                 names=names,
                 access=access,
+                cors=cors,
             )
             self.resources[name] = res
             self.specs[name] = res
@@ -560,6 +564,10 @@ class Hub(Node):
     async def answer_list(self, resource: str, request: RequestInfo) -> Reply:
         """The library's list body (Kubernetes style) or, for a key, the object."""
         return await answers.answer_list(self, resource, request)
+
+    def answer_preflight(self, resource: str, request: RequestInfo) -> Reply:
+        """The answer to a CORS preflight (``OPTIONS``) of a watchable route."""
+        return answers.answer_preflight(self, resource, request)
 
     async def serve_websocket(
         self,

@@ -26,7 +26,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from .._core.access import Access, WatchLimits
+from .._core.access import Access, Cors, WatchLimits
 from .._core.errors import InternalError, NotFound
 from .._core.events import EventType, Frame
 from .._core.log import DEFAULT_RETENTION_EVENTS, DEFAULT_RETENTION_SECONDS
@@ -85,6 +85,8 @@ class ResourceSpec:
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     #: Who may list and watch it (``None``: the hub's default, see ``Node.access``).
     access: Access | None = None
+    #: Cross-origin access to its routes (``None``: the hub's, see ``Node.cors``).
+    cors: Cors | None = None
     list_kind: str = field(init=False)
     source: StateSource = field(init=False)
     #: What every write of this resource is checked against (``watchroutes._core.writes``).
@@ -142,6 +144,7 @@ class Node:
         max_watches: int | None = None,
         access: Access | None = None,
         watch_limits: WatchLimits | None = None,
+        cors: Cors | None = None,
     ) -> None:
         if heartbeat <= 0 or write_timeout <= 0 or max_watch_seconds <= 0:
             raise ValueError("heartbeat, write_timeout and max_watch_seconds must be positive")
@@ -164,6 +167,8 @@ class Node:
         self.max_watches = max_watches
         #: The default authentication hooks of every resource without its own.
         self.access = access
+        #: Cross-origin access to the watch routes (``None``: no CORS header is sent).
+        self.cors = cors
         #: Watches per principal, per client address, and new watches per second.
         self.watch_limits = watch_limits
         #: Open watches by ``principal:<name>`` / ``address:<addr>`` (``guard``).

@@ -41,6 +41,7 @@ from __future__ import annotations
 from .._core.errors import ClientError
 from .._core.metrics import declare_resource
 from .._core.params import Mode
+from .._core.params import is_watch as _is_watch
 from .._runtime.answers import RequestInfo as RequestInfo
 from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
@@ -75,6 +76,7 @@ __all__ = (
     "WebSocketLimits",
     "WebSocketRequest",
     "decode_json",
+    "is_watch",
     "mounted",
     "serve",
     "status_reply",
@@ -86,6 +88,12 @@ __all__ = (
 def status_reply(exc: ClientError) -> Reply:
     """The JSON Status answer to ``exc`` (with ``Retry-After`` when it is retryable)."""
     return error_reply(exc, Mode.LIST, retry_ms=0)
+
+
+def is_watch(request: RequestInfo) -> bool:
+    """Whether a GET asks for a watch (``?watch=``, ``Accept: text/event-stream``, ``feed``)
+    rather than the list: for an adapter that must run the app's own checks first."""
+    return _is_watch(request.query, request.accept)
 
 
 def mounted(resource: Resource) -> None:

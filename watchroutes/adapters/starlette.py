@@ -57,6 +57,7 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    is_watch,
     mounted,
     serve,
     status_reply,
@@ -157,13 +158,23 @@ def _add_vary(response: Response) -> None:
         response.headers["vary"] = f"{vary}, Accept" if vary else "Accept"
 
 
-def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
+def watchable(
+    resource: Resource, *, key: str | None = None, run_endpoint: bool = True
+) -> Callable[[F], F]:
     """Decorate a Starlette endpoint or a FastAPI path operation so that it serves watches.
 
     ``key`` is the name of the path parameter holding the object's key on an object route.
     Only a GET can be a watch: the decorated function runs for plain GETs and for every other
     method the route takes (``HEAD`` is then the plain GET without its body); its responses
     get ``Vary: Accept``.
+
+    A watch never bypasses the endpoint's own checks: FastAPI resolves its dependencies
+    (``Depends(current_user)``) before the decorator sees the request, and with
+    ``run_endpoint`` (the default) the function itself runs first for a watch too, so a
+    check in its body (raising ``HTTPException(401)``, or returning an error response)
+    refuses the watch as it refuses the GET. Its result is then discarded. Pass
+    ``run_endpoint=False`` when the function has no checks of its own (its resource's
+    ``Access`` hooks guard the watch), to skip computing a list per watch.
     """
 
     mounted(resource)  # its series exist from now on
@@ -199,8 +210,15 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
                 )
             if request is None:  # pragma: no cover - a misconfigured route
                 raise TypeError("watchable endpoint called without a Request")
-            if request.method == "GET":  # (HEAD is a plain GET without the body)
-                reply = await resource.hub.answer_watch(resource.name, request_info(request, key))
+            info = request_info(request, key)
+            if request.method == "GET" and is_watch(info):  # (HEAD: a GET without the body)
+                if run_endpoint:  # the endpoint's own checks run for a watch too
+                    checked = func(*args, **kwargs)
+                    if inspect.isawaitable(checked):
+                        checked = await checked
+                    if isinstance(checked, Response) and checked.status_code >= 400:
+                        return checked
+                reply = await resource.hub.answer_watch(resource.name, info)
                 if reply is not None:
                     return ReplyResponse(reply)
             result = func(*args, **kwargs)
@@ -228,6 +246,8 @@ def watch_endpoint(
 
     async def endpoint(request: Request) -> Response:
         info = request_info(request, key)
+        if request.method == "OPTIONS":  # a CORS preflight
+            return ReplyResponse(resource.hub.answer_preflight(resource.name, info))
         if request.method != "GET":  # HEAD: the list's headers, never a watch
             return ReplyResponse(await resource.hub.answer_list(resource.name, info))
         return ReplyResponse(await resource.hub.answer(resource.name, info))
