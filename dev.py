@@ -28,7 +28,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".watchroutes-setup"
-EXTRAS = "starlette,fastapi,aiohttp,flask,django,prometheus,otel,server,redis,nats,postgres"
+EXTRAS = "starlette,fastapi,aiohttp,flask,django,prometheus,otel,server,redis,nats,postgres,client"
 
 
 def _digest() -> str:

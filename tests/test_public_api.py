@@ -5,11 +5,12 @@ import sys
 import types
 
 import watchroutes
+import watchroutes.adapters
 import watchroutes.testing
 
 
 def test_all_is_honest() -> None:
-    for module in (watchroutes, watchroutes.testing):
+    for module in (watchroutes, watchroutes.testing, watchroutes.adapters):
         exported = set(module.__all__)
         public = {
             name
@@ -24,7 +25,7 @@ def test_all_is_honest() -> None:
 
 def test_import_watchroutes_imports_no_framework() -> None:
     code = (
-        "import sys, watchroutes, watchroutes.testing\n"
+        "import sys, watchroutes, watchroutes.testing, watchroutes.adapters\n"
         "bad = [m for m in ('starlette', 'fastapi', 'flask', 'django', 'aiohttp', 'uvicorn',"
         " 'redis', 'nats', 'psycopg', 'pytest') if m in sys.modules]\n"
         "print(','.join(bad))\n"

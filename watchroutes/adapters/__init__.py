@@ -38,9 +38,9 @@ never a private module (a test checks). ``docs/adapters.md`` writes one in about
 
 from __future__ import annotations
 
-from .._core.errors import ClientError
-from .._core.metrics import declare_resource
-from .._core.params import Mode
+from .._core.errors import ClientError as _ClientError
+from .._core.metrics import declare_resource as _declare_resource
+from .._core.params import Mode as _Mode
 from .._core.params import is_watch as _is_watch
 from .._runtime.answers import RequestInfo as RequestInfo
 from .._runtime.blocking import HubThread as HubThread
@@ -52,7 +52,7 @@ from .._runtime.reply import DEFAULT_MAX_JSON_DEPTH as DEFAULT_MAX_JSON_DEPTH
 from .._runtime.reply import BodyLimit as BodyLimit
 from .._runtime.reply import Reply as Reply
 from .._runtime.reply import decode_json as decode_json
-from .._runtime.reply import error_reply
+from .._runtime.reply import error_reply as _error_reply
 from .._runtime.stream import Disconnected as Disconnected
 from .._runtime.stream import WatchStream as WatchStream
 from .._runtime.stream import serve as serve
@@ -62,9 +62,9 @@ from .._runtime.websocket import WebSocketLimits as WebSocketLimits
 from .._runtime.websocket import WebSocketRequest as WebSocketRequest
 
 __all__ = (
+    "BodyLimit",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_JSON_DEPTH",
-    "BodyLimit",
     "Disconnected",
     "Hub",
     "HubThread",
@@ -85,9 +85,9 @@ __all__ = (
 )
 
 
-def status_reply(exc: ClientError) -> Reply:
+def status_reply(exc: _ClientError) -> Reply:
     """The JSON Status answer to ``exc`` (with ``Retry-After`` when it is retryable)."""
-    return error_reply(exc, Mode.LIST, retry_ms=0)
+    return _error_reply(exc, _Mode.LIST, retry_ms=0)
 
 
 def is_watch(request: RequestInfo) -> bool:
@@ -98,4 +98,4 @@ def is_watch(request: RequestInfo) -> bool:
 
 def mounted(resource: Resource) -> None:
     """A resource was mounted on a route: its metric series exist from now on (at 0)."""
-    declare_resource(resource.hub.metrics, resource.name)
+    _declare_resource(resource.hub.metrics, resource.name)
