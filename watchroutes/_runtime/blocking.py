@@ -133,18 +133,13 @@ def iterate_watch(stream: WatchStream) -> Iterator[bytes]:
     """Pump ``stream`` from the calling thread (not the hub's loop): yields each chunk to
     write until the watch ends. Closing the iterator (the server's write failed, the client
     left) ends the watch and releases its subscription."""
-    hub = stream.hub
-    lock = hub.lock
-    state = hub.state
-    now = hub.clock.now
+    now = stream.hub.clock.now
     session = stream.session
-    sub = stream.subscription
-    meter = stream.meter
     wake = threading.Event()
     reason = CloseReason.CLIENT
-    with lock:
-        sub.waker = wake.set
-        sub.on_close = wake.set
+    with stream.hub.lock:
+        stream.subscription.waker = wake.set
+        stream.subscription.on_close = wake.set
     stream.on_cancel = wake.set
     try:
         while True:
@@ -152,15 +147,13 @@ def iterate_watch(stream: WatchStream) -> Iterator[bytes]:
             if stream.cancelled:
                 reason = CloseReason.SHUTDOWN
                 return
-            with lock:
-                oldest = sub.oldest_time() if meter.per_write else None
-                data = session.step(now(), state.head)
+            data, oldest = stream.take()
             if data:
                 yield data
-                if meter.per_write:
-                    meter.wrote(len(data), oldest)
-            if session.closed:
-                reason = session.close_reason or CloseReason.TIMEOUT
+                stream.wrote(data, oldest)
+            ended = stream.end_reason
+            if ended is not None:
+                reason = ended
                 return
             if not session.ready:
                 deadline = session.deadline()

@@ -182,27 +182,40 @@ class WatchStream:
             # up, so the stream ends now, not at the write timeout
             self._scope.cancel()
 
-    async def _pump(self, send: Send, alarm: Alarm) -> CloseReason:
+    # -- the pump's steps, shared by the push, pull and blocking forms --------------------------
+
+    def take(self) -> tuple[bytes, float | None]:
+        """What to write now (the session stepped under the hub's lock, so nothing is
+        published between its drain and its head), and the publish time of the oldest event
+        in it (``None`` unless the write-latency metric wants it)."""
         hub = self.hub
-        now = hub.clock.now
-        lock = hub.lock
-        state = hub.state
+        with hub.lock:
+            oldest = self.subscription.oldest_time() if self.meter.per_write else None
+            return self.session.step(hub.clock.now(), hub.state.head), oldest
+
+    def wrote(self, data: bytes, oldest: float | None) -> None:
+        """``data`` (from :meth:`take`) was written."""
+        meter = self.meter
+        if meter.per_write:
+            meter.wrote(len(data), oldest)
+
+    @property
+    def end_reason(self) -> CloseReason | None:
+        """Why the session ended (``None`` while it runs)."""
         session = self.session
-        step = session.step
+        return (session.close_reason or CloseReason.TIMEOUT) if session.closed else None
+
+    async def _pump(self, send: Send, alarm: Alarm) -> CloseReason:
+        session = self.session
         sub = self.subscription
         sub.waker = alarm.set
         sub.on_close = self._closed
-        meter = self.meter
-        per_write = meter.per_write
         write = alarm.write
         while True:
-            with lock:
-                oldest = sub.oldest_time() if per_write else None
-                data = step(now(), state.head)
+            data, oldest = self.take()
             if data:
                 await write(send, data)
-                if per_write:
-                    meter.wrote(len(data), oldest)
+                self.wrote(data, oldest)
             if session.closed:
                 return session.close_reason or CloseReason.TIMEOUT
             if session.ready:
@@ -217,14 +230,9 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
     consumer writes (and times its writes); the iterator waits on the subscription and the
     session's deadline as :meth:`WatchStream.run` does. ``aclose()`` releases the watch."""
     hub = stream.hub
-    now = hub.clock.now
-    lock = hub.lock
-    state = hub.state
     session = stream.session
-    sub = stream.subscription
-    meter = stream.meter
     alarm = make_alarm(hub.clock, hub.write_timeout, lambda: None)
-    sub.waker = alarm.set
+    stream.subscription.waker = alarm.set
     stream.on_cancel = alarm.set
     reason = CloseReason.CLIENT
     try:
@@ -232,15 +240,13 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
             if stream.cancelled:
                 reason = stream._cancel_reason()
                 return
-            with lock:
-                oldest = sub.oldest_time() if meter.per_write else None
-                data = session.step(now(), state.head)
+            data, oldest = stream.take()
             if data:
                 yield data
-                if meter.per_write:
-                    meter.wrote(len(data), oldest)
-            if session.closed:
-                reason = session.close_reason or CloseReason.TIMEOUT
+                stream.wrote(data, oldest)
+            ended = stream.end_reason
+            if ended is not None:
+                reason = ended
                 return
             if session.ready:
                 await anyio.lowlevel.checkpoint()
