@@ -34,3 +34,11 @@ def test_import_watchroutes_imports_no_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_public_names_report_their_public_module() -> None:
+    for module in (watchroutes, watchroutes.testing, watchroutes.adapters):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, type):
+                assert value.__module__ in (module.__name__, "watchroutes"), (name, value)

@@ -37,6 +37,7 @@ from ._core.errors import UsageError as UsageError
 from ._core.errors import WatchError as WatchError
 from ._core.events import EventType as EventType
 from ._core.wire.sse import encode_event as encode_event
+from ._public import present_as_public as _present_as_public
 from ._runtime.answers import RequestInfo as RequestInfo
 from ._runtime.clock import Clock as Clock
 from ._runtime.clock import SystemClock as SystemClock
@@ -90,3 +91,6 @@ __all__ = (
     "WebSocketRequest",
     "encode_event",
 )
+
+
+_present_as_public(globals())  # the names' __module__ is this public module

@@ -42,6 +42,7 @@ from .._core.errors import ClientError as _ClientError
 from .._core.metrics import declare_resource as _declare_resource
 from .._core.params import Mode as _Mode
 from .._core.params import is_watch as _is_watch
+from .._public import present_as_public as _present_as_public
 from .._runtime.answers import RequestInfo as RequestInfo
 from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
@@ -99,3 +100,6 @@ def is_watch(request: RequestInfo) -> bool:
 def mounted(resource: Resource) -> None:
     """A resource was mounted on a route: its metric series exist from now on (at 0)."""
     _declare_resource(resource.hub.metrics, resource.name)
+
+
+_present_as_public(globals())  # the names' __module__ is this public module

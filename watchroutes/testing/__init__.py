@@ -7,6 +7,7 @@ The pytest plugin (``watchroutes.testing.plugin``, registered automatically) pro
 
 from __future__ import annotations
 
+from .._public import present_as_public as _present_as_public
 from ._client import StreamResponse as StreamResponse
 from ._client import TestResponse as TestResponse
 from ._client import WatchClient as WatchClient
@@ -30,3 +31,6 @@ __all__ = (
     "WatchClient",
     "WebSocketClosed",
 )
+
+
+_present_as_public(globals())  # the names' __module__ is this public module
