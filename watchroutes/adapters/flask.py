@@ -88,6 +88,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION = "watchroutes"
+#: A refused body declared at most this many times the limit is read (and dropped) before
+#: the 413 goes out (see :func:`read_body`).
+DRAIN_FACTOR = 16
 _INSTANCES: weakref.WeakSet[WatchRoutes] = weakref.WeakSet()
 
 
@@ -160,6 +163,10 @@ def request_info(key: str | None = None) -> RequestInfo:
         accept=headers.get("accept"),
         last_event_id=headers.get("last-event-id"),
         key=None if key is None else str((request.view_args or {})[key]),
+        headers={name.lower(): value for name, value in headers.items()},
+        cookies=request.cookies.to_dict(),
+        client=request.remote_addr,
+        method=request.method,
     )
 
 
@@ -216,6 +223,16 @@ def _add_vary(response: Response) -> None:
         response.vary.add("Accept")
 
 
+def _cors_on(resource: Resource) -> bool:
+    """Whether the resource (or its hub) allows cross-origin access: only then is an
+    ``OPTIONS`` the CORS preflight (otherwise it goes to the view, as before)."""
+    return resource.cors is not None or resource.hub.cors is not None
+
+
+def _preflight(resource: Resource, key: str | None) -> Response:
+    return reply_response(resource.hub.answer_preflight(resource.name, request_info(key)))
+
+
 def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
     """Decorate a view so that it serves watches; it runs only for plain GETs (and HEAD),
     and its responses get ``Vary: Accept``. ``key`` names the view argument of an object
@@ -225,6 +242,8 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+                return _preflight(resource, key)
             if request.method == "GET" or _is_websocket():
                 answered = _answer(resource, key, list_=False)
                 if answered is not None:
@@ -243,6 +262,8 @@ def watch_view(resource: Resource, *, key: str | None = None) -> Callable[..., R
     mounted(resource)
 
     def view(**_: Any) -> Response:
+        if request.method == "OPTIONS":  # a CORS preflight
+            return _preflight(resource, key)
         answered = _answer(resource, key, list_=True)
         assert answered is not None
         return answered
@@ -276,13 +297,23 @@ def list_response(resource: Resource, *, key: str | None = None) -> Response:
 def read_body(*, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
     """The request's body, limited while it is read (413 past ``limit``, before reading when
     ``Content-Length`` says so); a body that cannot be read to its end (the client left, a
-    malformed chunk) is a 400."""
+    malformed chunk) is a 400.
+
+    A refused body whose declared length is at most ``DRAIN_FACTOR`` times the limit is read
+    and dropped first: gunicorn drains only 64 KiB of an unread body before it closes the
+    connection, and a close with unread data resets it, so a client still sending would lose
+    the 413. Larger or chunked bodies are refused at once."""
     stream = request.stream
     try:
+        declared = request.content_length
         counter = BodyLimit(limit, request.headers.get("content-length"))
         while chunk := stream.read(65536):
             counter.feed(chunk)
     except ClientError:
+        if declared is not None and declared <= DRAIN_FACTOR * limit:
+            with contextlib.suppress(Exception):  # (the client may leave meanwhile)
+                while stream.read(65536):
+                    pass
         raise
     except Exception:  # the server's own: the client left mid-body, or a malformed chunk
         raise BadRequest("the request body could not be read to its end") from None
@@ -481,6 +512,9 @@ def _serve_websocket(ext: WatchRoutes, resource: Resource, key: str | None) -> R
         secure=request.scheme == "https",
         key=None if key is None else str((request.view_args or {})[key]),
         authorization=headers.get("authorization"),
+        headers={name.lower(): value for name, value in headers.items()},
+        cookies=request.cookies.to_dict(),
+        client=request.remote_addr,
     )
     limits = ext.limits or WebSocketLimits()
     sock = _Socket(request.environ, limits.max_message_bytes, resource.hub.write_timeout)
