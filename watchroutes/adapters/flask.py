@@ -30,6 +30,7 @@ hub; gunicorn hooks: ``from watchroutes.adapters.flask import post_worker_init, 
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import functools
 import signal
@@ -498,6 +499,12 @@ class _Upgraded(Response):
 
 def _serve_websocket(ext: WatchRoutes, resource: Resource, key: str | None) -> Response:
     headers = request.headers
+    try:  # a handshake simple-websocket would refuse with an exception: a 400 instead
+        valid = len(base64.b64decode(headers.get("sec-websocket-key", ""), validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid or headers.get("sec-websocket-version") != "13":
+        return error_response(BadRequest("not a valid WebSocket handshake"))
     offered = [
         item.strip()
         for value in headers.getlist("sec-websocket-protocol")
@@ -528,6 +535,10 @@ def _serve_websocket(ext: WatchRoutes, resource: Resource, key: str | None) -> R
     )
     try:
         ext.start().call(serve)
+    except Exception:
+        if sock.ws is not None:
+            raise
+        return error_response(BadRequest("not a valid WebSocket handshake"))  # nothing sent
     finally:
         sock.finish()
     return _Upgraded()
