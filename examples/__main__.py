@@ -25,9 +25,46 @@ def parse(argv: list[str]) -> tuple[str, Settings]:
     parser.add_argument("--retention", type=int, default=10_000, metavar="EVENTS")
     parser.add_argument("--buffer", type=int, default=1000, metavar="EVENTS")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="start with N orders")
+    parser.add_argument(
+        "--users",
+        default=None,
+        metavar="NAME:TOKEN,...",
+        help="users and their bearer tokens; each sees only the orders it owns",
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a credential expires this long after the request that presented it",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow this origin cross-origin (repeatable; default: no CORS)",
+    )
+    parser.add_argument("--max-watches-per-user", type=int, default=None, metavar="N")
     args = parser.parse_args(argv)
     if args.heartbeat <= 0 or args.retention < 1 or args.buffer < 1:
         parser.error("--heartbeat, --retention and --buffer must be positive")
+    users: list[tuple[str, str]] = []
+    for pair in (args.users or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, token = pair.strip().partition(":")
+        if not (sep and name and token):
+            parser.error("--users takes NAME:TOKEN pairs separated by commas")
+        users.append((name, token))
+    if args.users is not None and not users:
+        parser.error("--users takes NAME:TOKEN pairs separated by commas")
+    if users and args.token is not None:
+        parser.error("--users and --token cannot be combined")
+    if args.token_ttl is not None and (args.token_ttl <= 0 or not users):
+        parser.error("--token-ttl takes a positive number of seconds, with --users")
+    if args.max_watches_per_user is not None and args.max_watches_per_user < 1:
+        parser.error("--max-watches-per-user must be at least 1")
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -37,6 +74,10 @@ def parse(argv: list[str]) -> tuple[str, Settings]:
         retention=args.retention,
         buffer=args.buffer,
         seed=args.seed,
+        users=tuple(users),
+        token_ttl=args.token_ttl,
+        cors_origins=tuple(args.cors_origin),
+        max_watches_per_user=args.max_watches_per_user,
     )
     return args.framework, settings
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from watchroutes import (
+    AuthRequest,
     BadRequest,
     ClientError,
     MethodNotAllowed,
@@ -22,6 +23,7 @@ from watchroutes.adapters.aiohttp import (
     is_websocket,
     list_response,
     read_json,
+    request_info,
     server_settings,
     setup,
     watchable,
@@ -31,6 +33,7 @@ from .orders import (
     MAX_BODY,
     PAGE,
     Settings,
+    Writes,
     check_patch_type,
     check_socket_token,
     check_token,
@@ -38,6 +41,7 @@ from .orders import (
     metrics_text,
     object_body,
     start,
+    users_of,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,12 +57,20 @@ def json_response(body: object, status: int = 200) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     hub, orders = make_hub(settings)
+    writes = Writes(orders, users_of(settings))
+
+    def auth(request: web.Request) -> AuthRequest:
+        return request_info(request).auth()
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             path = request.path
-            if (path == "/orders" or path.startswith("/orders/")) and not is_websocket(request):
+            if (
+                (path == "/orders" or path.startswith("/orders/"))
+                and not is_websocket(request)
+                and request.method != "OPTIONS"  # a preflight carries no credentials
+            ):
                 check_token(
                     settings,
                     request.headers.get("authorization"),
@@ -88,29 +100,34 @@ def create_app(settings: Settings) -> web.Application:
     def authorize(request: web.Request, token: str | None) -> None:
         check_socket_token(settings, request, token)
 
-    @watchable(orders, authorize=authorize)
+    # --token: checked here; --users: the hub's Access hooks check every socket
+    check = authorize if settings.token is not None else None
+
+    @watchable(orders, authorize=check)
     async def list_orders(request: web.Request) -> web.StreamResponse:
         return await list_response(orders, request)
 
-    @watchable(orders, key="name", authorize=authorize)
+    @watchable(orders, key="name", authorize=check)
     async def get_order(request: web.Request) -> web.StreamResponse:
         return await list_response(orders, request, key="name")
 
     async def create_order(request: web.Request) -> web.StreamResponse:
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return json_response(await orders.acreate(body), 201)
+        return json_response(await writes.create(auth(request), body), 201)
 
     async def replace_order(request: web.Request) -> web.StreamResponse:
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return json_response(await orders.areplace(body, key=request.match_info["name"]))
+        name = request.match_info["name"]
+        return json_response(await writes.replace(auth(request), name, body))
 
     async def patch_order(request: web.Request) -> web.StreamResponse:
         check_patch_type(request.headers.get("content-type"))
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return json_response(await orders.apatch(request.match_info["name"], body))
+        name = request.match_info["name"]
+        return json_response(await writes.patch(auth(request), name, body))
 
     async def delete_order(request: web.Request) -> web.StreamResponse:
-        return json_response(await orders.adelete(request.match_info["name"]))
+        return json_response(await writes.delete(auth(request), request.match_info["name"]))
 
     async def page(request: web.Request) -> web.StreamResponse:
         return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
@@ -137,6 +154,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_put("/orders/{name}", replace_order)
     app.router.add_patch("/orders/{name}", patch_order)
     app.router.add_delete("/orders/{name}", delete_order)
+    if settings.cors_origins:  # the CORS preflight (otherwise OPTIONS is a 405)
+        app.router.add_route("OPTIONS", "/orders", list_orders)
+        app.router.add_route("OPTIONS", "/orders/{name}", get_order)
     app["hub"] = hub
     return app
 

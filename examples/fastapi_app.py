@@ -11,11 +11,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
-from watchroutes import ClientError, MethodNotAllowed, NotFound
+from watchroutes import AuthRequest, ClientError, MethodNotAllowed, NotFound
 from watchroutes.adapters.starlette import (
     error_response,
     list_response,
     read_json,
+    request_info,
     request_validation_error,
     watchable,
     websocket_endpoint,
@@ -25,23 +26,32 @@ from .orders import (
     MAX_BODY,
     PAGE,
     Settings,
+    Writes,
     check_patch_type,
     check_socket_token,
     check_token,
     make_hub,
     metrics_text,
     object_body,
+    users_of,
 )
 
 
 def create_app(settings: Settings) -> FastAPI:
     hub, orders = make_hub(settings)
+    writes = Writes(orders, users_of(settings))
+    cors = ["OPTIONS"] if settings.cors_origins else []  # (otherwise OPTIONS is a 405)
+
+    def auth(request: Request) -> AuthRequest:
+        return request_info(request).auth()
+
     app = FastAPI(title="orders", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.hub = hub
 
     @app.middleware("http")
-    async def auth(request: Request, call_next: Any) -> Response:
-        if request.url.path == "/orders" or request.url.path.startswith("/orders/"):
+    async def check_credentials(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if request.method != "OPTIONS" and (path == "/orders" or path.startswith("/orders/")):
             try:
                 query = request.query_params.get("access_token")
                 check_token(
@@ -57,9 +67,11 @@ def create_app(settings: Settings) -> FastAPI:
     def authorize(websocket: object, token: str | None) -> None:
         check_socket_token(settings, websocket, token)
 
-    app.add_api_websocket_route("/orders", websocket_endpoint(orders, authorize=authorize))
+    # --token: checked here; --users: the hub's Access hooks check every socket
+    check = authorize if settings.token is not None else None
+    app.add_api_websocket_route("/orders", websocket_endpoint(orders, authorize=check))
     app.add_api_websocket_route(
-        "/orders/{name}", websocket_endpoint(orders, key="name", authorize=authorize)
+        "/orders/{name}", websocket_endpoint(orders, key="name", authorize=check)
     )
 
     @app.exception_handler(ClientError)
@@ -97,16 +109,18 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(metrics_text(hub), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # (HEAD is a plain GET without its body: ``watchable`` watches on GET only)
-    @app.api_route("/orders", methods=["GET", "HEAD"])
+    @app.api_route("/orders", methods=["GET", "HEAD", *cors])
     @watchable(orders)
     async def list_orders(request: Request) -> Response:
         return list_response(orders, request)
 
     @app.post("/orders", status_code=201)
     async def create_order(request: Request) -> Any:
-        return await orders.acreate(object_body(await read_json(request, limit=MAX_BODY)))
+        return await writes.create(
+            auth(request), object_body(await read_json(request, limit=MAX_BODY))
+        )
 
-    @app.api_route("/orders/{name}", methods=["GET", "HEAD"])
+    @app.api_route("/orders/{name}", methods=["GET", "HEAD", *cors])
     @watchable(orders, key="name")
     async def get_order(name: str, request: Request) -> Response:
         return list_response(orders, request, key="name")
@@ -114,15 +128,16 @@ def create_app(settings: Settings) -> FastAPI:
     @app.put("/orders/{name}")
     async def replace_order(name: str, request: Request) -> Any:
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return await orders.areplace(body, key=name)
+        return await writes.replace(auth(request), name, body)
 
     @app.patch("/orders/{name}")
     async def patch_order(name: str, request: Request) -> Any:
         check_patch_type(request.headers.get("content-type"))
-        return await orders.apatch(name, object_body(await read_json(request, limit=MAX_BODY)))
+        body = object_body(await read_json(request, limit=MAX_BODY))
+        return await writes.patch(auth(request), name, body)
 
     @app.delete("/orders/{name}")
-    async def delete_order(name: str) -> Any:
-        return await orders.adelete(name)
+    async def delete_order(name: str, request: Request) -> Any:
+        return await writes.delete(auth(request), name)
 
     return app

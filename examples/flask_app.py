@@ -24,6 +24,7 @@ from watchroutes.adapters.flask import (
     list_response,
     post_worker_init,
     read_json,
+    request_info,
     watchable,
     websocket_view,
     worker_int,
@@ -33,12 +34,14 @@ from .orders import (
     MAX_BODY,
     PAGE,
     Settings,
+    Writes,
     check_patch_type,
     check_token,
     make_hub,
     metrics_text,
     object_body,
     start,
+    users_of,
 )
 
 #: gunicorn's pool threads in the one worker (``WATCHROUTES_THREADS`` overrides it); watches
@@ -58,13 +61,15 @@ def json_response(body: object, status: int = 200) -> Response:
 def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
     hub, orders = make_hub(settings)
     hub.max_watches = threads - max(2, threads // 8)
+    writes = Writes(orders, users_of(settings))
 
     def authorize(token: str | None) -> None:
         check_token(settings, None, token)
 
     app = Flask(__name__)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS: 405 with Allow (no CORS here)
-    WatchRoutes(app, hub, authorize=authorize)
+    # --token: checked here; --users: the hub's Access hooks check every socket
+    WatchRoutes(app, hub, authorize=authorize if settings.token is not None else None)
 
     @app.before_request
     def guard() -> Response | None:
@@ -76,6 +81,8 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
             return None
         if request.headers.get("upgrade", "").lower() == "websocket":
             return None  # the hub checks a socket's credentials (and closes 4401)
+        if request.method == "OPTIONS":
+            return None  # a CORS preflight carries no credentials
         query_token = request.args.get("access_token") if request.method == "GET" else None
         check_token(settings, request.headers.get("authorization"), query_token)
         return None
@@ -102,7 +109,8 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
 
     @app.post("/orders")
     def create_order() -> Response:
-        return json_response(orders.create(object_body(read_json(limit=MAX_BODY))), 201)
+        body = object_body(read_json(limit=MAX_BODY))
+        return json_response(writes.create_sync(request_info().auth(), body), 201)
 
     @app.get("/orders/<name>")
     @watchable(orders, key="name")
@@ -111,17 +119,22 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
 
     @app.put("/orders/<name>")
     def replace_order(name: str) -> Response:
-        return json_response(orders.replace(object_body(read_json(limit=MAX_BODY)), key=name))
+        body = object_body(read_json(limit=MAX_BODY))
+        return json_response(writes.replace_sync(request_info().auth(), name, body))
 
     @app.patch("/orders/<name>")
     def patch_order(name: str) -> Response:
         check_patch_type(request.headers.get("content-type"))
-        return json_response(orders.patch(name, object_body(read_json(limit=MAX_BODY))))
+        body = object_body(read_json(limit=MAX_BODY))
+        return json_response(writes.patch_sync(request_info().auth(), name, body))
 
     @app.delete("/orders/<name>")
     def delete_order(name: str) -> Response:
-        return json_response(orders.delete(name))
+        return json_response(writes.delete_sync(request_info().auth(), name))
 
+    if settings.cors_origins:  # the CORS preflight (otherwise OPTIONS is a 405)
+        app.add_url_rule("/orders", "orders_cors", list_orders, methods=["OPTIONS"])
+        app.add_url_rule("/orders/<name>", "order_cors", get_order, methods=["OPTIONS"])
     app.add_url_rule("/orders", "orders_ws", websocket_view(orders), websocket=True)
     app.add_url_rule(
         "/orders/<name>", "order_ws", websocket_view(orders, key="name"), websocket=True

@@ -10,11 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from watchroutes import ClientError, MethodNotAllowed, NotFound
+from watchroutes import AuthRequest, ClientError, MethodNotAllowed, NotFound
 from watchroutes.adapters.starlette import (
     error_response,
     list_response,
     read_json,
+    request_info,
     watchable,
     websocket_endpoint,
 )
@@ -23,12 +24,14 @@ from .orders import (
     MAX_BODY,
     PAGE,
     Settings,
+    Writes,
     check_patch_type,
     check_socket_token,
     check_token,
     make_hub,
     metrics_text,
     object_body,
+    users_of,
 )
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -43,10 +46,13 @@ def not_allowed(request: Request, methods: Iterable[str]) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     hub, orders = make_hub(settings)
+    writes = Writes(orders, users_of(settings))
 
     def guarded(endpoint: Endpoint) -> Endpoint:
         async def wrapper(request: Request) -> Response:
             try:
+                if request.method == "OPTIONS":  # a preflight carries no credentials
+                    return await endpoint(request)
                 check_token(
                     settings,
                     request.headers.get("authorization"),
@@ -68,24 +74,29 @@ def create_app(settings: Settings) -> Starlette:
 
     async def create_order(request: Request) -> Response:
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return JSONResponse(await orders.acreate(body), status_code=201)
+        return JSONResponse(await writes.create(auth(request), body), status_code=201)
 
     async def replace_order(request: Request) -> Response:
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return JSONResponse(await orders.areplace(body, key=request.path_params["name"]))
+        name = request.path_params["name"]
+        return JSONResponse(await writes.replace(auth(request), name, body))
 
     async def patch_order(request: Request) -> Response:
         check_patch_type(request.headers.get("content-type"))
         body = object_body(await read_json(request, limit=MAX_BODY))
-        return JSONResponse(await orders.apatch(request.path_params["name"], body))
+        return JSONResponse(await writes.patch(auth(request), request.path_params["name"], body))
 
     async def delete_order(request: Request) -> Response:
-        return JSONResponse(await orders.adelete(request.path_params["name"]))
+        return JSONResponse(await writes.delete(auth(request), request.path_params["name"]))
+
+    def auth(request: Request) -> AuthRequest:
+        return request_info(request).auth()
 
     async def collection(request: Request) -> Response:
         if request.method == "POST":
             return await create_order(request)
-        return await list_orders(request)  # GET, and HEAD (the same answer without its body)
+        # GET, HEAD (the same answer without its body), and OPTIONS (the CORS preflight)
+        return await list_orders(request)
 
     item_methods: dict[str, Endpoint] = {
         "GET": get_order,
@@ -94,6 +105,9 @@ def create_app(settings: Settings) -> Starlette:
         "PATCH": patch_order,
         "DELETE": delete_order,
     }
+    cors = ["OPTIONS"] if settings.cors_origins else []  # (otherwise OPTIONS is a 405)
+    if cors:
+        item_methods["OPTIONS"] = get_order
 
     async def item(request: Request) -> Response:
         handler = item_methods.get(request.method)
@@ -119,19 +133,22 @@ def create_app(settings: Settings) -> Starlette:
     def authorize(websocket: object, token: str | None) -> None:
         check_socket_token(settings, websocket, token)
 
+    # --token: checked here; --users: the hub's Access hooks check every socket
+    check = authorize if settings.token is not None else None
+
     app = Starlette(
         routes=[
-            WebSocketRoute("/orders", websocket_endpoint(orders, authorize=authorize)),
+            WebSocketRoute("/orders", websocket_endpoint(orders, authorize=check)),
             WebSocketRoute(
-                "/orders/{name}", websocket_endpoint(orders, key="name", authorize=authorize)
+                "/orders/{name}", websocket_endpoint(orders, key="name", authorize=check)
             ),
             Route("/", page),
             Route("/metrics", metrics),
-            Route("/orders", guarded(collection), methods=["GET", "POST"]),
+            Route("/orders", guarded(collection), methods=["GET", "POST", *cors]),
             Route(
                 "/orders/{name}",
                 guarded(item),
-                methods=["GET", "PUT", "PATCH", "DELETE"],
+                methods=["GET", "PUT", "PATCH", "DELETE", *cors],
             ),
         ],
         exception_handlers={HTTPException: http_error},

@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -41,6 +42,7 @@ try:
     from django.core.handlers.asgi import ASGIRequest
     from django.db import connections, transaction
     from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+    from django.http.cookie import parse_cookie
     from django.http.response import HttpResponse
     from django.urls import Resolver404, resolve
 except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -74,12 +76,15 @@ __all__ = [
     "asgi",
     "error_response",
     "list_response",
+    "post_worker_init",
     "publish_on_commit",
     "read_json",
     "reply_response",
     "request_info",
+    "stop",
     "watch_view",
     "watchable",
+    "worker_int",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,6 +115,26 @@ def stop(timeout: float | None = None) -> None:
         runner.stop(timeout)
 
 
+def post_worker_init(worker: Any) -> None:
+    """gunicorn hook under WSGI (``post_worker_init = ...`` in its config): on SIGTERM, end
+    every watch with a final bookmark before the worker waits for its requests (gunicorn's
+    own handler only stops accepting)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(number: int, frame: Any) -> None:
+        threading.Thread(target=stop, args=(8.0,), name="watchroutes-stop", daemon=True).start()
+        if callable(previous):
+            previous(number, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def worker_int(worker: Any) -> None:
+    """gunicorn hook under WSGI (``worker_int = ...``): SIGINT/SIGQUIT end the worker at
+    once, so end the watches first."""
+    stop(8.0)
+
+
 def request_info(request: HttpRequest, key: str | None = None, kwargs: Any = None) -> RequestInfo:
     """A Django request, framework-neutral; ``key`` names the URL argument of an object route."""
     headers = request.headers
@@ -118,6 +143,10 @@ def request_info(request: HttpRequest, key: str | None = None, kwargs: Any = Non
         accept=headers.get("accept"),
         last_event_id=headers.get("last-event-id"),
         key=None if key is None else str((kwargs or {})[key]),
+        headers={name.lower(): value for name, value in headers.items()},
+        cookies=dict(request.COOKIES),
+        client=request.META.get("REMOTE_ADDR") or None,
+        method=str(request.method),
     )
 
 
@@ -139,6 +168,24 @@ async def _async_body(reply: Reply) -> AsyncIterator[bytes]:
         await chunks.aclose()
 
 
+class _Body:
+    """``wsgi_body(reply)`` with its first chunk always yielded, even when empty: gunicorn
+    sends the headers with it, so a JSON-lines watch with nothing to send yet answers at once.
+    Closing it releases the watch, even one never iterated."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.first = reply.body
+        self.body = wsgi_body(reply)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if not self.first:
+            yield b""
+        yield from self.body
+
+    def close(self) -> None:
+        getattr(self.body, "close")()  # noqa: B009 - WatchBody always has it
+
+
 def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
     """A Django response for ``reply``; a watch streams as the handler needs it (an async
     iterator under ASGI, a plain one under WSGI)."""
@@ -151,7 +198,7 @@ def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
     elif asynchronous:
         content = _async_body(reply)
     else:
-        content = wsgi_body(reply)
+        content = _Body(reply)
     return StreamingHttpResponse(content, status=reply.status, headers=headers)
 
 
@@ -205,10 +252,24 @@ def _answer_sync(
     return reply_response(reply, asynchronous=asynchronous)
 
 
+def _cors_on(resource: Resource) -> bool:
+    """Whether the resource (or its hub) allows cross-origin access: only then is an
+    ``OPTIONS`` the CORS preflight (otherwise it goes to the view, as before)."""
+    return resource.cors is not None or resource.hub.cors is not None
+
+
+def _preflight(
+    resource: Resource, request: HttpRequest, key: str | None, kwargs: Any
+) -> HttpResponseBase:
+    """The answer to a CORS preflight: the resource's (or hub's) ``Cors`` decides."""
+    info = request_info(request, key, kwargs)
+    return reply_response(resource.hub.answer_preflight(resource.name, info), asynchronous=False)
+
+
 def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
     """Decorate a function view (sync or async) so that it serves watches; it runs only for
-    plain GETs, and its responses get ``Vary: Accept``. ``key`` names the URL argument of an
-    object route."""
+    plain GETs (and the other methods it takes; an ``OPTIONS`` is the CORS preflight), and its
+    responses get ``Vary: Accept``. ``key`` names the URL argument of an object route."""
     mounted(resource)
 
     def decorate(view: F) -> F:
@@ -216,6 +277,8 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
         if inspect.iscoroutinefunction(view):
 
             async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+                    return _preflight(resource, request, key, kwargs)
                 if request.method == "GET":
                     answer = await _answer_async(resource, request, key, kwargs, "watch")
                     if answer is not None:
@@ -227,6 +290,8 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
         else:
 
             def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+                    return _preflight(resource, request, key, kwargs)
                 if request.method == "GET":
                     answer = _answer_sync(resource, request, key, kwargs, "watch")
                     if answer is not None:
@@ -249,6 +314,8 @@ def watch_view(resource: Resource, *, key: str | None = None) -> Callable[..., A
     mounted(resource)
 
     async def view(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
+        if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+            return _preflight(resource, request, key, kwargs)
         if request.method not in ("GET", "HEAD"):
             response = error_response(_method_not_allowed(request))
             response.headers["Allow"] = "GET, HEAD"
@@ -453,6 +520,10 @@ async def _lifespan(hubs: list[Hub], receive: Any, send: Any) -> None:
     await send({"type": "lifespan.shutdown.complete"})
 
 
+def _cookies(header: str | None) -> dict[str, str]:
+    return {} if not header else parse_cookie(header)
+
+
 async def _websocket(scope: Scope, receive: Any, send: Any, authorize: Any, limits: Any) -> None:
     try:
         match = await sync_to_async(resolve)(scope["path"])
@@ -473,6 +544,9 @@ async def _websocket(scope: Scope, receive: Any, send: Any, authorize: Any, limi
         secure=scope.get("scheme") == "wss",
         key=None if key is None else str(match.kwargs[key]),
         authorization=headers.get("authorization"),
+        headers=headers,
+        cookies=_cookies(headers.get("cookie")),
+        client=(scope.get("client") or (None,))[0],
     )
     await resource.hub.serve_websocket(
         resource.name, request, _Socket(receive, send), authorize=authorize, limits=limits
