@@ -1,13 +1,14 @@
-"""SSE fan-out: watchroutes next to the raw-asyncio ceiling and the peers, paced and in bursts.
+"""SSE fan-out: watchroutes next to the raw-asyncio ceiling and the peers, paced, one event per
+loop turn, and in grouped bursts.
 
 Run it from the repository root::
 
     .venv/bin/python benchmarks/sse_fanout.py             # the tables in docs/benchmarks.md
     .venv/bin/python benchmarks/sse_fanout.py --quick     # 1,000 watchers, one run each
-    .venv/bin/python benchmarks/sse_fanout.py --paced 1000:10 --burst 1000 --repeat 1 \\
-        --servers watchroutes,raw
+    .venv/bin/python benchmarks/sse_fanout.py --paced 1000:10 --per-turn 1000 --burst 1000 \\
+        --repeat 1 --servers watchroutes,raw
 
-Two cases, each for every server in ``--servers`` (default: all of
+Three cases, each for every server in ``--servers`` (default: all of
 ``sse_fanout_servers.SERVERS``):
 
 * **paced** (``--paced WATCHERS:RATE[,RATE...]``, default ``100:100``, ``1000:10`` and
@@ -17,11 +18,22 @@ Two cases, each for every server in ``--servers`` (default: all of
   connection order, default 200), *p99 vs raw*, server CPU and server CPU µs per delivery,
   and *kept up* (deliveries in the window ÷ published x watchers; 0.98 or more means the server
   and the load generator kept up).
-* **burst** (``--burst WATCHERS[,WATCHERS...]``, default ``100,1000,5000``): the server
-  publishes ``--deliveries`` ÷ WATCHERS events (default 1,000,000 deliveries per run) as fast
-  as it fans them out: ``--group`` (default 20) back to back, one turn of its event loop, the
-  next group. Columns: deliveries per second from the first publish to the last delivery,
-  *vs raw*, *vs sse-starlette*, and server CPU µs per delivery.
+* **per-turn** (``--per-turn WATCHERS[,WATCHERS...]``, default ``100,1000,5000``): the
+  server publishes ``--turn-deliveries`` ÷ WATCHERS events (default 300,000 deliveries per run)
+  as fast as it fans them out, **one event per turn of its event loop** (``await sleep(0)``
+  after each publish): an app whose writes arrive one request or one broker message at a
+  time. A system that wakes a task per watcher wakes every one of them for every event, and
+  each writes that one event.
+* **burst-grouped** (``--burst WATCHERS[,WATCHERS...]``, default ``100,1000,5000``): the same
+  with ``--group`` events (default 20) back to back per loop turn and ``--deliveries`` ÷
+  WATCHERS events (default 1,000,000 deliveries per run). A system that batches (a woken
+  watcher writes everything queued with one send) writes each group once per watcher, the
+  raw server still once per event and watcher: this measures batching, not the per-delivery
+  cost.
+
+Both throughput cases report deliveries per second from the first publish to the last
+delivery, *vs raw*, *vs sse-starlette*, server CPU µs per delivery and *CPU vs raw*, in one
+table (column *mode*) and in a summary grid per mode.
 
 For every run a fresh server process (``sse_fanout_servers.py``, pinned to CPU 0) is started;
 this process, the load generator, pins itself to CPU 1. It opens the watchers (raw asyncio
@@ -62,6 +74,12 @@ HERE: Final = Path(__file__).resolve().parent
 SERVER_SCRIPT: Final = HERE / "sse_fanout_servers.py"
 DEFAULT_PACED: Final = ("100:100", "1000:10", "5000:2")
 DEFAULT_BURSTS: Final = "100,1000,5000"
+DEFAULT_PER_TURN: Final = "100,1000,5000"
+#: The publisher modes: a fixed rate (latency), one event per event-loop turn and groups of
+#: ``--group`` events per turn (throughput).
+PER_TURN: Final = "per-turn"
+BURST: Final = "burst-grouped"
+MODES: Final = ("paced", PER_TURN, BURST)
 #: --quick: one run of each case at 1,000 watchers, for the servers a change is judged by.
 QUICK_SERVERS: Final = "watchroutes,watchroutes-aiohttp,raw,sse-starlette,aiohttp"
 
@@ -207,12 +225,12 @@ class Watcher(asyncio.Protocol):
 @dataclass
 class Result:
     server: str
-    mode: str  # "paced" or "burst"
+    mode: str  # "paced", "per-turn" or "burst-grouped" (MODES)
     watchers: int
-    rate: float  # paced: target events/s; burst: 0
-    seconds: float  # paced: the publishing window; burst: first publish to last delivery
+    rate: float  # paced: target events/s; otherwise 0
+    seconds: float  # paced: the publishing window; otherwise first publish to last delivery
     published: int
-    #: Paced: deliveries in the window ÷ its length; burst: all deliveries ÷ ``seconds``.
+    #: Paced: deliveries in the window ÷ its length; otherwise all deliveries ÷ ``seconds``.
     delivered_per_s: float
     #: Paced: deliveries in the window ÷ (published in it x watchers).
     kept_up: float
@@ -382,10 +400,11 @@ def percentile(sorted_values: Sequence[int], q: float) -> float:
 
 @dataclass
 class Case:
-    mode: str  # "paced" or "burst"
+    mode: str  # one of MODES
     watchers: int
     rate: float = 0.0  # paced
-    events: int = 0  # burst
+    events: int = 0  # per-turn and burst-grouped
+    repeat: int = 1  # runs of this case (``--repeat``, or fewer with ``--repeat-at``)
 
 
 async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
@@ -401,7 +420,8 @@ async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
                 query = f"rate={case.rate:g}&seconds={args.duration:g}&count={count}"
             else:
                 count = case.events
-                query = f"rate=1&seconds={args.drain:g}&count={count}&burst={args.group}"
+                group = 1 if case.mode == PER_TURN else args.group
+                query = f"rate=1&seconds={args.drain:g}&count={count}&burst={group}"
             server_cpu0 = server.cpu_seconds()
             client_cpu0 = time.process_time()
             started = await server.control("POST", f"/_bench/start?{query}")
@@ -424,13 +444,13 @@ async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
                 await asyncio.sleep(0.05)
                 stats = await server.stats(deadline)
             published: int = stats["published"]
-            if case.mode == "burst" and published < count:  # the publisher ran out of time
+            if case.mode != "paced" and published < count:  # the publisher ran out of time
                 done = Completion(len(watchers))
             for w in watchers:
                 w.expect(published, done)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.event.wait(), max(0.0, deadline - time.monotonic()))
-            if case.mode == "burst":
+            if case.mode != "paced":
                 t1 = done.last if done.event.is_set() else time.monotonic_ns()
                 server_cpu = server.cpu_seconds() - server_cpu0
                 client_cpu = time.process_time() - client_cpu0
@@ -555,37 +575,79 @@ def paced_table(results: list[Result], servers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def burst_table(results: list[Result], servers: Sequence[str]) -> str:
+def throughput_table(results: list[Result], servers: Sequence[str]) -> str:
+    """Both throughput modes, one row per mode, watcher count and server."""
     head = (
-        "| server | watchers | events | deliveries/s | vs raw | vs sse-starlette | "
-        "server CPU µs/delivery | client CPU | dropped | lost | duplicated |"
+        "| mode | server | watchers | events | deliveries/s | vs raw | vs sse-starlette | "
+        "server CPU µs/delivery | CPU vs raw | client CPU | dropped | lost | duplicated |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for watchers, _ in _groups(results, "burst"):
-        runs = {
-            k: [r for r in results if (r.mode, r.server, r.watchers) == ("burst", k, watchers)]
-            for k in servers
-        }
-        rate = {k: median(r.delivered_per_s for r in rs) for k, rs in runs.items()}
-        for kind in servers:
-            rs = runs[kind]
-            if not rs:
-                continue
-            cells = [
-                kind,
-                f"{watchers:,}",
-                fmt(median(r.published for r in rs)),
-                fmt(rate[kind]),
-                ratio(rate[kind], rate.get("raw")) if kind != "raw" else "-",
-                ratio(rate[kind], rate.get("sse-starlette")) if kind != "sse-starlette" else "-",
-                fmt(median(r.cpu_us_per_delivery for r in rs), 1),
-                fmt(median(100 * r.client_cpu for r in rs), 0, " %"),
-                fmt(median(r.dropped for r in rs)),
-                fmt(max(r.lost for r in rs)),
-                fmt(max(r.duplicated for r in rs)),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+    for watchers in sorted({r.watchers for r in results if r.mode != "paced"}):
+        for mode in (PER_TURN, BURST):
+            runs = {
+                k: [r for r in results if (r.mode, r.server, r.watchers) == (mode, k, watchers)]
+                for k in servers
+            }
+            rate = {k: median(r.delivered_per_s for r in rs) for k, rs in runs.items()}
+            cpu = {k: median(r.cpu_us_per_delivery for r in rs) for k, rs in runs.items()}
+            for kind in servers:
+                rs = runs[kind]
+                if not rs:
+                    continue
+                cells = [
+                    mode,
+                    kind,
+                    f"{watchers:,}",
+                    fmt(median(r.published for r in rs)),
+                    fmt(rate[kind]),
+                    ratio(rate[kind], rate.get("raw")) if kind != "raw" else "-",
+                    ratio(rate[kind], rate.get("sse-starlette"))
+                    if kind != "sse-starlette"
+                    else "-",
+                    fmt(cpu[kind], 1),
+                    ratio(cpu[kind], cpu.get("raw")) if kind != "raw" else "-",
+                    fmt(median(100 * r.client_cpu for r in rs), 0, " %"),
+                    fmt(median(r.dropped for r in rs)),
+                    fmt(max(r.lost for r in rs)),
+                    fmt(max(r.duplicated for r in rs)),
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary_grid(results: list[Result], servers: Sequence[str], mode: str, what: str) -> str:
+    """One mode as a grid: watchers down, servers across; ``what`` is ``"rate"`` (deliveries/s
+    and x raw) or ``"cpu"`` (server CPU µs per delivery and x raw) or ``"p99"`` (paced)."""
+    shown = [k for k in servers if any(r.mode == mode and r.server == k for r in results)]
+    lines = [
+        "| watchers | " + " | ".join(shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for watchers in sorted({r.watchers for r in results if r.mode == mode}):
+        value: dict[str, float | None] = {}
+        for kind in shown:
+            rs = [r for r in results if (r.mode, r.server, r.watchers) == (mode, kind, watchers)]
+            if what == "rate":
+                value[kind] = median(r.delivered_per_s for r in rs)
+            elif what == "cpu":
+                value[kind] = median(r.cpu_us_per_delivery for r in rs)
+            else:
+                value[kind] = median(r.p99_ms for r in rs)
+        cells = []
+        for kind in shown:
+            v = value[kind]
+            shown_value = fmt(v / 1000, 1, "k") if what == "rate" and v is not None else fmt(v, 1)
+            if kind != "raw" and "raw" in value:
+                shown_value += f" ({ratio(v, value['raw'])})"
+            cells.append(shown_value)
+        lines.append(f"| {watchers:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def repeat_note(args: argparse.Namespace) -> str:
+    """`` (5,000 watchers: 1)`` for ``--repeat-at 5000:1``."""
+    specs = [s.split(":") for s in args.repeat_at or ()]
+    return "".join(f" ({int(w):,} watchers: {n})" for w, n in specs)
 
 
 def load_average() -> str:
@@ -612,16 +674,29 @@ def parse_cases(args: argparse.Namespace) -> list[Case]:
             cases.extend(Case("paced", int(count), rate=float(r)) for r in rates.split(","))
         except ValueError:
             raise SystemExit(f"bad --paced {spec!r}: use WATCHERS:RATE[,RATE...]") from None
-    bursts = args.burst if args.burst is not None else DEFAULT_BURSTS
-    try:
-        for count in filter(None, bursts.split(",")):
-            watchers = int(count)
-            cases.append(Case("burst", watchers, events=max(1, args.deliveries // watchers)))
-    except ValueError:
-        raise SystemExit(f"bad --burst {bursts!r}: use WATCHERS[,WATCHERS...]") from None
+    throughput = (
+        (PER_TURN, "--per-turn", args.per_turn, DEFAULT_PER_TURN, args.turn_deliveries),
+        (BURST, "--burst", args.burst, DEFAULT_BURSTS, args.deliveries),
+    )
+    for mode, flag, given, default, deliveries in throughput:
+        counts = given if given is not None else default
+        try:
+            for count in filter(None, counts.split(",")):
+                watchers = int(count)
+                cases.append(Case(mode, watchers, events=max(1, deliveries // watchers)))
+        except ValueError:
+            raise SystemExit(f"bad {flag} {counts!r}: use WATCHERS[,WATCHERS...]") from None
+    repeats: dict[int, int] = {}
+    for spec in args.repeat_at or ():
+        count, _, times = spec.partition(":")
+        try:
+            repeats[int(count)] = int(times)
+        except ValueError:
+            raise SystemExit(f"bad --repeat-at {spec!r}: use WATCHERS:RUNS") from None
     for case in cases:
         if case.watchers < 1 or (case.mode == "paced" and case.rate <= 0):
             raise SystemExit("watchers must be at least 1 and rates positive")
+        case.repeat = min(args.repeat, repeats.get(case.watchers, args.repeat))
     return cases
 
 
@@ -635,6 +710,8 @@ async def main_async(
     # the machine hits one run of several configurations rather than every run of one.
     for repeat in range(1, args.repeat + 1):
         for case in cases:
+            if repeat > case.repeat:
+                continue
             for kind in servers:
                 what = f"{case.rate:g}/s" if case.mode == "paced" else f"{case.events} events"
                 print(
@@ -669,12 +746,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--paced", action="append", metavar="WATCHERS:RATE[,RATE...]", help='"" for none'
     )
-    parser.add_argument("--burst", metavar="WATCHERS[,WATCHERS...]", help='"" for none')
+    parser.add_argument(
+        "--per-turn", metavar="WATCHERS[,WATCHERS...]", help='one event per loop turn; "" for none'
+    )
+    parser.add_argument(
+        "--burst", metavar="WATCHERS[,WATCHERS...]", help='grouped bursts; "" for none'
+    )
     parser.add_argument("--quick", action="store_true", help="1,000 watchers, one run each")
     parser.add_argument("--duration", type=float, default=10.0, help="paced: seconds")
     parser.add_argument("--deliveries", type=int, default=1_000_000, help="burst: per run")
+    parser.add_argument(
+        "--turn-deliveries", type=int, default=300_000, help="per-turn: deliveries per run"
+    )
     parser.add_argument("--group", type=int, default=20, help="burst: events per loop turn")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--repeat-at",
+        action="append",
+        metavar="WATCHERS:RUNS",
+        help="fewer runs for the cases of that many watchers (e.g. 5000:1)",
+    )
     parser.add_argument("--servers", default=None, help=f"default: {','.join(SERVERS)}")
     parser.add_argument("--sample", type=int, default=200, help="watchers checking ids")
     parser.add_argument("--drain", type=float, default=60.0, help="max seconds to drain")
@@ -686,8 +777,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.paced = args.paced or ["1000:10"]
         args.burst = "1000" if args.burst is None else args.burst
+        args.per_turn = "1000" if args.per_turn is None else args.per_turn
         args.repeat, args.duration = 1, 5.0
         args.deliveries = min(args.deliveries, 300_000)
+        args.turn_deliveries = min(args.turn_deliveries, 100_000)
         args.servers = args.servers or QUICK_SERVERS
     servers = [s for s in (args.servers or ",".join(SERVERS)).split(",") if s]
     for kind in servers:
@@ -707,11 +800,27 @@ def main(argv: list[str] | None = None) -> None:
     if any(r.mode == "paced" for r in results):
         print(f"\nPaced ({args.duration:g} s of publishing per run)\n")
         print(paced_table(results, servers))
-    if any(r.mode == "burst" for r in results):
-        print(f"\nBurst (groups of {args.group} events per event-loop turn)\n")
-        print(burst_table(results, servers))
+    if any(r.mode != "paced" for r in results):
+        print(
+            f"\nThroughput: per-turn (one event per event-loop turn) and burst-grouped "
+            f"({args.group} events per turn)\n"
+        )
+        print(throughput_table(results, servers))
+    grids = (
+        ("paced", "p99", "paced: p99 ms at 10,000 deliveries/s (x raw)"),
+        ("paced", "cpu", "paced: server CPU µs per delivery (x raw)"),
+        (PER_TURN, "rate", "per-turn: deliveries/s (x raw)"),
+        (PER_TURN, "cpu", "per-turn: server CPU µs per delivery (x raw)"),
+        (BURST, "rate", "burst-grouped: deliveries/s (x raw)"),
+        (BURST, "cpu", "burst-grouped: server CPU µs per delivery (x raw)"),
+    )
+    for mode, what, title in grids:
+        if any(r.mode == mode for r in results):
+            print(f"\n{title}\n")
+            print(summary_grid(results, servers, mode, what))
     print(
-        f"\n{args.repeat} runs per row (medians; lost and duplicated: the worst run); "
+        f"\n{args.repeat} runs per row{repeat_note(args)} (medians; lost and duplicated: the worst "
+        "run); "
         f"{time.monotonic() - started:.0f} s in all.\n{os.cpu_count()} CPUs, server on CPU "
         f"{args.server_cpu}, load generator on CPU {args.client_cpu}; load average "
         f"{load_before} before, {load_average()} after.\n{versions()}"

@@ -51,14 +51,28 @@ answer the same control routes:
 * ``POST /_bench/start?rate=R&seconds=D[&count=N][&burst=B]``: publish N events (default
   R x D) at R per second on an absolute schedule, for at most D seconds (events not published
   by then are skipped, so a saturated server shows up as a lower published rate). With
-  ``burst=B`` there is no schedule: B events back to back, a yield to the event loop (so the
-  watchers run), the next B, until N are published or D seconds passed. Each object is
+  ``burst=B`` there is no schedule: B events back to back, a yield to the event loop
+  (``await asyncio.sleep(0)``, so the watchers run), the next B, until N are published or D
+  seconds passed. ``burst=1`` is the *per-turn* publisher (one event per event-loop turn, as
+  an app whose writes arrive one request at a time); ``burst=20`` the *burst-grouped* one.
+  Each object is
   ``{"metadata": {"name": "o-<i % 100>"}, "t": <time.monotonic_ns() at publish>, "pad": ...}``.
   Answers ``{"t0": <ns>}``, the publisher's start.
 * ``GET /_bench/stats``: ``{"published", "running", "encodes", "watchers"}`` (``encodes`` is
   the encoder calls since the last start, ``null`` for the raw server).
 
 All print ``ready http://HOST:PORT`` once they accept connections and stop on SIGTERM/SIGINT.
+
+Diagnostics, through the environment of the server process:
+
+* ``WATCHROUTES_BENCH_GC=off|stats|threshold:A,B,C``: no collector, every collection's
+  duration on stderr, or other thresholds.
+* ``WATCHROUTES_BENCH_PROFILE=PATH``: cProfile the whole server into ``PATH.<server>``.
+* ``WATCHROUTES_BENCH_SNAPSHOT=PREFIX``: ``tracemalloc`` from the start (frames:
+  ``WATCHROUTES_BENCH_TRACE_FRAMES``, default 12); each ``SIGUSR1`` runs a full collection and
+  writes ``PREFIX.<n>.tracemalloc`` (a snapshot) and ``PREFIX.<n>.json`` (the number of
+  GC-tracked objects, and their count and shallow bytes by type), so that two snapshots around
+  opening N idle watchers show what one watch holds.
 """
 
 from __future__ import annotations
@@ -762,6 +776,42 @@ def _report_gc() -> None:
     gc.callbacks.append(callback)
 
 
+def _install_snapshots(prefix: str) -> None:
+    """Trace allocations from now on; on SIGUSR1 write a snapshot and the GC-tracked objects by
+    type (see the module docstring)."""
+    import gc
+    import tracemalloc
+    from collections import Counter
+
+    tracemalloc.start(int(os.environ.get("WATCHROUTES_BENCH_TRACE_FRAMES", "12")))
+    taken = 0
+
+    def snapshot(signum: int, frame: object) -> None:
+        nonlocal taken
+        taken += 1
+        gc.collect()
+        path = f"{prefix}.{taken}"
+        tracemalloc.take_snapshot().dump(f"{path}.tracemalloc")
+        objects = gc.get_objects()
+        counts: Counter[str] = Counter()
+        sizes: Counter[str] = Counter()
+        for obj in objects:
+            name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            counts[name] += 1
+            sizes[name] += sys.getsizeof(obj)
+        report = {
+            "gc_objects": len(objects),
+            "traced": tracemalloc.get_traced_memory()[0],
+            "types": {k: [counts[k], sizes[k]] for k in counts},
+        }
+        del objects
+        with open(f"{path}.json", "w") as out:
+            json.dump(report, out)
+        print(f"snapshot {path}", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, snapshot)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("server", choices=SERVERS)
@@ -775,6 +825,9 @@ def main(argv: list[str] | None = None) -> None:
         import gc
 
         gc.disable()
+    snapshot_to = os.environ.get("WATCHROUTES_BENCH_SNAPSHOT")
+    if snapshot_to:
+        _install_snapshots(snapshot_to)
     gc_mode = os.environ.get("WATCHROUTES_BENCH_GC", "")
     if gc_mode == "stats":
         _report_gc()
