@@ -310,3 +310,140 @@ async def test_cors_is_off_by_default_and_echoes_only_listed_origins(
     off = WatchClient(Starlette(routes=[Route("/orders", watch_endpoint(plain_orders))]))
     answer = await off.get("/orders", headers=headers)
     assert "access-control-allow-origin" not in answer.headers
+
+
+# -- found by review -----------------------------------------------------------------------
+
+
+async def test_a_broken_can_see_hides_the_object_and_leaks_nothing() -> None:
+    def fragile(principal: Principal, obj: Any) -> bool:
+        return bool(obj["spec"]["owner"] == principal.name)  # KeyError without a spec
+
+    hub = Hub(access=Access(authenticate, can_see=fragile))
+    orders = hub.resource("orders", kind="Order")
+    client = WatchClient(Starlette(routes=[Route("/orders", watch_endpoint(orders))]))
+    async with hub:
+        async with client.stream(
+            "GET", "/orders", params={"watch": "true"}, headers=bearer("TA")
+        ) as s:
+            orders.create({"metadata": {"name": "no-spec"}})  # the hook raises: hidden
+            mine = orders.create({"metadata": {"name": "mine"}, "spec": {"owner": "alice"}})
+            event = await s.next_line()
+        assert event["object"] == mine
+        listed = await client.get("/orders", headers=bearer("TA"))
+        assert [i["metadata"]["name"] for i in listed.json()["items"]] == ["mine"]
+        assert len(hub.state.registry) == 0
+
+
+async def test_a_socket_principal_serves_only_resources_of_the_same_access() -> None:
+    admins = Access(lambda r: Principal("root") if r.bearer_token() == "ADMIN" else None)
+    hub = Hub(access=Access(authenticate))
+    orders = hub.resource("orders", kind="Order")
+    secrets = hub.resource("secrets", kind="Secret", access=admins)
+    secrets.create({"metadata": {"name": "db-password"}})
+    routes = [WebSocketRoute("/ws", websocket_endpoint(orders, resources=[secrets]))]
+    client = WatchClient(Starlette(routes=routes))
+    async with hub, client.websocket("/ws", subprotocols=["watchroutes.v1", "bearer.TA"]) as ws:
+        await ws.send_json({"op": "watch", "id": "s", "resource": "secrets"})
+        with anyio.fail_after(5):
+            refused = await ws.receive_json()
+        assert (refused["id"], refused["type"], refused["object"]["code"]) == ("s", "ERROR", 401)
+
+
+async def test_revocation_closes_a_socket_and_refuses_what_it_opens_later(
+    app: tuple[Hub, WatchClient],
+) -> None:
+    hub, client = app
+    async with client.websocket("/ws", subprotocols=["watchroutes.v1", "bearer.TA"]) as ws:
+        await ws.send_json({"op": "unwatch", "id": ""})
+        with anyio.fail_after(5):
+            assert (await ws.receive_json())["type"] == "UNWATCHED"
+            hub.revoke("alice")
+            assert await ws.wait_closed() == (4403, "access revoked")
+
+
+async def test_revocation_stops_the_initial_events_at_once() -> None:
+    hub = Hub(access=Access(authenticate, can_see=can_see))
+    orders = hub.resource("orders", kind="Order")
+    for i in range(600):  # more than one prelude batch
+        orders.create(order(f"o-{i}", "alice"))
+    client = WatchClient(Starlette(routes=[Route("/orders", watch_endpoint(orders))]))
+    async with (
+        hub,
+        client.stream("GET", "/orders", params={"watch": "true"}, headers=bearer("TA")) as stream,
+    ):
+        first = await stream.next_line()
+        assert first["type"] == "ADDED"
+        hub.revoke("alice")
+        with anyio.fail_after(5):
+            rest = [line async for line in stream.json_lines()]
+    assert len(rest) < 599
+    assert rest[-1]["type"] == "ERROR"
+    assert rest[-1]["object"]["message"] == "access revoked"
+
+
+async def test_a_revoked_long_poll_is_a_403(app: tuple[Hub, WatchClient]) -> None:
+    hub, client = app
+    params = {
+        "watch": "true",
+        "feed": "longpoll",
+        "timeoutSeconds": "5",
+        "sendInitialEvents": "false",
+    }
+    answers: list[Any] = []
+
+    async def poll() -> None:
+        answers.append(await client.get("/orders", params=params, headers=bearer("TA")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        with anyio.fail_after(5):
+            while not hub.state.registry.all():  # noqa: ASYNC110 - the poll registers
+                await anyio.sleep(0.01)
+        hub.revoke("alice")
+    assert answers[0].status == 403
+    assert answers[0].json()["message"] == "access revoked"
+
+
+async def test_a_hook_refusing_a_socket_closes_it_with_the_matching_code() -> None:
+    def refuse(request: AuthRequest) -> Principal | None:
+        raise Forbidden("no sockets today")
+
+    hub = Hub(access=Access(refuse))
+    orders = hub.resource("orders", kind="Order")
+    client = WatchClient(Starlette(routes=[WebSocketRoute("/ws", websocket_endpoint(orders))]))
+    async with hub, client.websocket("/ws") as ws:
+        with anyio.fail_after(5):
+            assert (await ws.wait_closed())[0] == 4403
+
+
+def test_origins_must_be_a_list_and_slow_rates_still_admit() -> None:
+    from watchroutes import Cors, WebSocketLimits
+    from watchroutes._core.websocket import RateLimiter
+
+    with pytest.raises(TypeError):
+        Cors("https://app.example.com")
+    with pytest.raises(TypeError):
+        WebSocketLimits(origins="https://app.example.com")
+    bucket = RateLimiter(0.5, 0.0)
+    assert [bucket.allow(t) for t in (0.0, 1.0, 2.0, 3.0)] == [True, False, True, False]
+
+
+def test_requests_never_print_credentials() -> None:
+    from watchroutes import WebSocketRequest
+
+    request = AuthRequest(
+        headers={"authorization": "Bearer s3cret"},
+        query=[("access_token", "s3cret")],
+        cookies={"token": "s3cret"},
+        subprotocols=["bearer.s3cret"],
+    )
+    socket = WebSocketRequest(
+        query=[("access_token", "s3cret")],
+        subprotocols=["bearer.s3cret"],
+        authorization="Bearer s3cret",
+        headers={"authorization": "Bearer s3cret"},
+        cookies={"token": "s3cret"},
+    )
+    assert "s3cret" not in repr(request)
+    assert "s3cret" not in repr(socket)

@@ -30,6 +30,7 @@ class App:
         self.hub = Hub(clock=self.clock, buffer=buffer, retention_events=retention_events)
         self.orders: Resource = self.hub.resource("orders", kind="Order")
         self.users = self.hub.resource("users", kind="User")
+        endpoint.setdefault("resources", [self.users])  # its sockets may watch users too
         app = Starlette(
             routes=[
                 Route("/orders", watch_endpoint(self.orders)),
@@ -441,3 +442,18 @@ async def test_a_socket_without_subscriptions_is_closed_after_the_idle_period() 
 def test_the_idle_period_is_positive() -> None:
     with pytest.raises(ValueError, match="idle_seconds"):
         WebSocketLimits(idle_seconds=0)
+
+
+async def test_a_socket_watches_only_the_resources_its_endpoint_lists() -> None:
+    """A resource that only a route's own checks protect (or that no route serves) is never
+    reachable by naming it in a watch message on another route's socket."""
+    app = App(resources=[])
+    async with app.ws(params={"sendInitialEvents": "false"}) as socket:
+        await socket.send_json({"op": "watch", "id": "u", "resource": "users"})
+        (refused,) = await socket.take(1)
+        assert (refused["id"], refused["type"]) == ("u", "ERROR")
+        assert refused["object"]["code"] == 404
+        app.users.create(order("x"))
+        app.orders.create(order("a"))
+        (only,) = await socket.take(1)
+        assert only["object"]["metadata"]["name"] == "a"

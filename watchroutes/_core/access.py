@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ __all__ = [
     "subprotocol_token",
     "unauthorized",
 ]
+
+logger = logging.getLogger("watchroutes")
 
 #: The one message of every 401: it says nothing of what was wrong.
 UNAUTHORIZED: Final = "a valid bearer token is required"
@@ -85,10 +88,11 @@ class Principal:
 class AuthRequest:
     """A request as authentication sees it, framework-neutral. Header names are lowercase."""
 
-    headers: Mapping[str, str] = field(default_factory=dict)
-    query: Sequence[tuple[str, str]] = ()
-    cookies: Mapping[str, str] = field(default_factory=dict)
-    subprotocols: Sequence[str] = ()
+    # (credentials travel in all four: never in a repr)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    query: Sequence[tuple[str, str]] = field(default=(), repr=False)
+    cookies: Mapping[str, str] = field(default_factory=dict, repr=False)
+    subprotocols: Sequence[str] = field(default=(), repr=False)
     client: str | None = None
     #: ``"GET"``, ``"POST"``, ..., or ``"WEBSOCKET"`` for a handshake.
     method: str = "GET"
@@ -178,7 +182,13 @@ class Access:
             return None
 
         def visible(obj: Any) -> bool:
-            return bool(can_see(principal, obj))
+            try:
+                return bool(can_see(principal, obj))
+            except Exception as exc:  # fail closed: a broken hook hides, never leaks or stalls
+                logger.error(
+                    "the can_see hook failed (%s); the object is hidden", type(exc).__name__
+                )
+                return False
 
         return visible
 
@@ -223,6 +233,9 @@ class Cors:
     max_age: int = 600
 
     def __post_init__(self) -> None:
+        if isinstance(self.origins, str):  # "in" would match substrings
+            raise TypeError("Cors(origins=...) takes a list of origins, not one string")
+        object.__setattr__(self, "origins", tuple(self.origins))
         if self.credentials and "*" in self.origins:
             raise ValueError("Cors: '*' cannot be combined with credentials")
         if self.max_age < 0:
@@ -235,9 +248,9 @@ class Cors:
         """The CORS headers of an answer to a request from ``origin``: the origin echoed only
         when listed (never an unlisted one, never ``*`` with credentials), and always
         ``Vary: Origin``."""
-        if origin is None:
-            return []
         out = [("vary", "Origin")]
+        if origin is None:
+            return out
         if self.allows(origin):
             out.append(("access-control-allow-origin", origin))
             if self.credentials:

@@ -237,6 +237,10 @@ class WatchSession:
             out.append(self.wire.error(Unauthorized(CREDENTIALS_EXPIRED).status()))
             self._finish(CloseReason.EXPIRED)  # no bookmark during the initial events
             return True
+        if self.subscription.closed is CloseReason.REVOKED:  # stop sending state at once
+            out.append(self.wire.error(Forbidden(REVOKED).status()))
+            self._finish(CloseReason.REVOKED)
+            return True
         if self.end_at is not None and now >= self.end_at:
             self._finish(CloseReason.TIMEOUT)  # no bookmark during the initial events
             return True

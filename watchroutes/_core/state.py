@@ -220,6 +220,7 @@ class HubState:
         source: StateSource,
         buffer: int = DEFAULT_BUFFER_SIZE,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
+        principal: str | None = None,
     ) -> Opening:
         """Validate the start point and register a subscription at the current head.
 
@@ -260,9 +261,8 @@ class HubState:
             # The callback's objects carry no id, so a browser that drops before the end
             # bookmark comes back without Last-Event-ID: RESET makes it drop what it had.
             reset = True
-        sub = self.registry.subscribe(resource, flt, buffer, policy)
         frames: list[Frame] | None = None
-        if initial:
+        if initial:  # before subscribing: nothing to undo if a filter raises
             frames = []
             if source is StateSource.CACHE:
                 states: Iterable[Entry] = log.state.values()
@@ -274,6 +274,8 @@ class HubState:
                     for e in states
                     if flt.everything or flt.matches(e.object)
                 ]
+        sub = self.registry.subscribe(resource, flt, buffer, policy)
+        sub.principal = principal
         return Opening(
             subscription=sub,
             head=head,

@@ -226,22 +226,24 @@ def watch_query(message: WatchMessage) -> list[tuple[str, str]]:
 
 
 class RateLimiter:
-    """A token bucket: ``rate`` messages per second, in bursts of at most ``rate``."""
+    """A token bucket: ``rate`` per second, in bursts of at most ``max(1, rate)`` (a rate
+    below one a second still lets one through every ``1 / rate`` seconds)."""
 
-    __slots__ = ("_last", "_tokens", "rate")
+    __slots__ = ("_capacity", "_last", "_tokens", "rate")
 
     def __init__(self, rate: float, now: float) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
-        self._tokens = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
         self._last = now
 
     def allow(self, now: float) -> bool:
         """Spend one token if there is one."""
         elapsed = max(0.0, now - self._last)
         self._last = now
-        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        self._tokens = min(self._capacity, self._tokens + elapsed * self.rate)
         if self._tokens < 1.0:
             return False
         self._tokens -= 1.0

@@ -9,7 +9,7 @@ answer, in the form the request's transport needs (``error_reply``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, NamedTuple
 
 from .._core.access import AuthRequest
@@ -223,8 +223,10 @@ async def serve_websocket(
     *,
     authorize: Authorize | None = None,
     limits: WebSocketLimits | None = None,
+    resources: Collection[str] = (),
 ) -> None:
-    """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its close."""
+    """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its close;
+    its ``watch`` messages may name ``resource`` and the other ``resources`` listed."""
     node.bind()
     try:
         res = node.spec(resource)
@@ -232,4 +234,6 @@ async def serve_websocket(
         await socket.accept(None)
         await socket.close(CloseCode.NOT_FOUND, f"resource {resource[:100]!r} not found")
         return
-    await run_websocket(node, res, request, socket, authorize=authorize, limits=limits)
+    await run_websocket(
+        node, res, request, socket, authorize=authorize, limits=limits, resources=resources
+    )

@@ -26,9 +26,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .._core.access import Access, AuthRequest, Principal, WatchLimits, WatchScope, unauthorized
+from .._core.access import (
+    REVOKED,
+    Access,
+    AuthRequest,
+    Principal,
+    WatchLimits,
+    WatchScope,
+    unauthorized,
+)
 from .._core.errors import (
     ClientError,
+    Forbidden,
     InternalError,
     InvalidSelector,
     TooManyRequests,
@@ -55,12 +64,27 @@ MAX_TRACKED_RATES: Final = 100_000
 class Admission:
     """A request let in: who it acts for, and (for a watch) its place in the limits."""
 
-    __slots__ = ("_keys", "_node", "principal")
+    __slots__ = ("_keys", "_node", "generation", "principal")
 
-    def __init__(self, node: Node | None, principal: Principal | None, keys: Sequence[str]) -> None:
+    def __init__(
+        self,
+        node: Node | None,
+        principal: Principal | None,
+        keys: Sequence[str],
+        generation: int = 0,
+    ) -> None:
         self._node = node
         self.principal = principal
         self._keys = tuple(keys)
+        #: The principal's revocation count when it was let in (see :meth:`check`).
+        self.generation = generation
+
+    def check(self, node: Node) -> None:
+        """Refuse (403 ``access revoked``) a watch whose principal was revoked since it was
+        let in; called under the node's lock, right before the watch registers."""
+        principal = self.principal
+        if principal is not None and node.revocations.get(principal.name, 0) != self.generation:
+            raise Forbidden(REVOKED)
 
     @property
     def name(self) -> str | None:
@@ -111,8 +135,8 @@ async def authenticate(access: Access, request: AuthRequest, now_epoch: float) -
         raise unauthorized() from None
     except ClientError:
         raise
-    except Exception:
-        logger.exception("the authenticate hook failed")
+    except Exception as exc:  # its message may hold a token: log only its type
+        logger.error("the authenticate hook failed: %s", type(exc).__name__)
         raise InternalError("authentication failed on the server") from None
     if principal is None:
         raise unauthorized()
@@ -142,8 +166,11 @@ async def admit(
     if access is None:
         principal = None
     else:
+        now_epoch = node.clock.time_us() / 1e6
         if principal is None:
-            principal = await authenticate(access, request, node.clock.time_us() / 1e6)
+            principal = await authenticate(access, request, now_epoch)
+        elif principal.expires_at is not None and principal.expires_at <= now_epoch:
+            raise unauthorized()  # a socket's principal, expired since its handshake
         forced = None
         if access.authorize is not None:
             scope = WatchScope(
@@ -153,8 +180,8 @@ async def admit(
                 selector = await _settle(access.authorize(principal, scope))
             except ClientError:
                 raise
-            except Exception:
-                logger.exception("the authorize hook failed")
+            except Exception as exc:
+                logger.error("the authorize hook failed: %s", type(exc).__name__)
                 raise InternalError("authorization failed on the server") from None
             if selector:
                 try:
@@ -165,10 +192,11 @@ async def admit(
         restricted = restrict(parsed.filter, forced, access.visibility(principal))
         if restricted is not parsed.filter:
             parsed = msgspec.structs.replace(parsed, filter=restricted)
+    generation = 0 if principal is None else node.revocations.get(principal.name, 0)
     if transport == "list" or limits is None:
-        return parsed, Admission(None, principal, ())
+        return parsed, Admission(None, principal, (), generation)
     keys = node.call(_take, node, limits, principal, request.client)
-    return parsed, Admission(node, principal, keys)
+    return parsed, Admission(node, principal, keys, generation)
 
 
 def _take(

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
@@ -577,11 +577,19 @@ class Hub(Node):
         *,
         authorize: Authorize | None = None,
         limits: WebSocketLimits | None = None,
+        resources: Collection[str] = (),
     ) -> None:
         """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its
-        close."""
+        close; its ``watch`` messages may name ``resource`` and the other ``resources``
+        listed (each guarded by its own ``Access``), no other."""
         await answers.serve_websocket(
-            self, resource, request, socket, authorize=authorize, limits=limits
+            self,
+            resource,
+            request,
+            socket,
+            authorize=authorize,
+            limits=limits,
+            resources=resources,
         )
 
     def revoke(self, principal: str) -> int:
@@ -591,6 +599,7 @@ class Hub(Node):
         return self.call(self._revoke, principal)
 
     def _revoke(self, principal: str) -> int:
+        self.revocations[principal] = self.revocations.get(principal, 0) + 1
         state = self.state
         head = state.head
         ended = 0
@@ -598,6 +607,8 @@ class Hub(Node):
             if sub.principal == principal and sub.closed is None:
                 sub.close(CloseReason.REVOKED, head)
                 ended += 1
+        for stream in list(self.streams):  # a WebSocket acting for it closes, subscribed or not
+            stream.on_revoke(principal)
         return ended
 
     def _resource(self, name: str) -> Resource:

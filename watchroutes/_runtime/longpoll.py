@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._core.access import REVOKED
+from .._core.errors import Forbidden
 from .._core.events import Frame
 from .._core.params import WatchRequest
 from .._core.registry import CloseReason
@@ -34,11 +36,16 @@ async def answer_longpoll(
     clock = hub.clock
     await hub.sync(parsed)
     with hub.lock:
+        admission.check(hub)  # revoked since it was let in?
         opening = hub.state.open_watch(
-            res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
+            res.name,
+            parsed,
+            source=res.source,
+            buffer=hub.buffer,
+            policy=res.slow_consumer,
+            principal=admission.name,
         )
     sub = opening.subscription
-    sub.principal = admission.name
     meter = WatchMeter(hub.metrics, clock, res.name, "longpoll", sub)
     reason = CloseReason.CLIENT
     try:
@@ -70,6 +77,9 @@ async def answer_longpoll(
                 rv = opening.head if position is None else position
                 if sub.closed is CloseReason.SLOW:  # its queue was dropped: poll again from here
                     frames, rv = [], opening.head
+                if sub.closed is CloseReason.REVOKED:
+                    reason = CloseReason.REVOKED
+                    raise Forbidden(REVOKED)
             if not frames:
                 reason = CloseReason.TIMEOUT
         if len(frames) > parsed.limit:

@@ -111,6 +111,10 @@ class Tracked(Protocol):
 
     def on_shutdown(self) -> None: ...
 
+    def on_revoke(self, principal: str) -> None:
+        """``principal``'s access was revoked (a WebSocket acting for it closes 4403)."""
+        ...
+
     def cancel(self) -> None: ...
 
 
@@ -175,6 +179,9 @@ class Node:
         self.watch_counts: dict[str, int] = {}
         #: New-watch rate buckets by principal name (``guard``).
         self.watch_rates: dict[str, RateLimiter] = {}
+        #: How often each principal was revoked: an admission made before a revocation is
+        #: refused when its watch opens after it (``guard``).
+        self.revocations: dict[str, int] = {}
         self.state = HubState(
             now_us=self.clock.time_us(),
             retention_events=retention_events,

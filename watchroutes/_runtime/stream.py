@@ -123,6 +123,9 @@ class WatchStream:
     def on_shutdown(self) -> None:
         """The hub began shutting down (the subscription's close already wakes the pump)."""
 
+    def on_revoke(self, principal: str) -> None:
+        """A principal was revoked (its subscriptions were closed: that wakes the pump)."""
+
     def discard(self) -> None:
         """Release a stream that will never run (the adapter could not start it)."""
         self.finish(CloseReason.CLIENT)
@@ -324,11 +327,16 @@ async def open_session(
     of opening a watch (DESIGN 3.2)."""
     await hub.sync(parsed)
     with hub.lock:
+        admission.check(hub)  # revoked since it was let in?
         opening = hub.state.open_watch(
-            res.name, parsed, source=res.source, buffer=hub.buffer, policy=res.slow_consumer
+            res.name,
+            parsed,
+            source=res.source,
+            buffer=hub.buffer,
+            policy=res.slow_consumer,
+            principal=admission.name,
         )
     sub = opening.subscription
-    sub.principal = admission.name
     initial = opening.initial
     if opening.needs_snapshot:
         try:

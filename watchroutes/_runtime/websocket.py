@@ -15,8 +15,8 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -82,17 +82,17 @@ class Socket(Protocol):
 class WebSocketRequest:
     """A WebSocket handshake as an adapter read it."""
 
-    query: Sequence[tuple[str, str]]
-    subprotocols: Sequence[str] = ()
+    query: Sequence[tuple[str, str]] = field(repr=False)  # an access_token may be in it
+    subprotocols: Sequence[str] = field(default=(), repr=False)  # and a bearer.<token>
     origin: str | None = None
     host: str | None = None
     secure: bool = False
     key: str | None = None
-    authorization: str | None = None
+    authorization: str | None = field(default=None, repr=False)
     #: For the ``authenticate`` hook (protocol.md §7): the handshake's headers (names
-    #: lowercase), its cookies and the client's address.
-    headers: Mapping[str, str] | None = None
-    cookies: Mapping[str, str] | None = None
+    #: lowercase), its cookies and the client's address (credentials: never in a repr).
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    cookies: Mapping[str, str] | None = field(default=None, repr=False)
     client: str | None = None
 
     def auth(self) -> AuthRequest:
@@ -124,6 +124,8 @@ class WebSocketLimits:
     idle_seconds: float = DEFAULT_IDLE_SECONDS
 
     def __post_init__(self) -> None:
+        if isinstance(self.origins, str):  # "in" would match substrings
+            raise TypeError("WebSocketLimits(origins=...) takes a list of origins, not a string")
         if self.max_message_bytes < 1 or self.max_subscriptions < 1:
             raise ValueError("max_message_bytes and max_subscriptions must be at least 1")
         if self.max_messages_per_second <= 0 or self.idle_seconds <= 0:
@@ -158,8 +160,12 @@ async def serve_websocket(
     *,
     authorize: Authorize | None = None,
     limits: WebSocketLimits | None = None,
+    resources: Collection[str] = (),
 ) -> None:
-    """Run one WebSocket from its handshake to its close."""
+    """Run one WebSocket from its handshake to its close. Its ``watch`` messages may name
+    ``res`` and the other ``resources`` the endpoint lists (each guarded by its own
+    ``Access``), no other: a resource that only a route's own checks protect is never
+    reachable from another route's socket."""
     limits = limits or WebSocketLimits()
     principal: Principal | None = None
     handshake = negotiate(request.subprotocols)
@@ -175,8 +181,8 @@ async def serve_websocket(
         if access is not None:
             try:
                 principal = await authenticate(access, request.auth(), hub.clock.time_us() / 1e6)
-            except Unauthorized as exc:
-                raise ProtocolViolation(CloseCode.UNAUTHORIZED, exc.message) from None
+            except ClientError as exc:
+                raise ProtocolViolation(_close_code_of(exc), exc.message) from None
         if authorize is not None:
             try:
                 result = authorize(_token(request, handshake.token))
@@ -193,7 +199,16 @@ async def serve_websocket(
             hub.metrics.client_error(f"ws-{exc.code.value}")
         await _close(socket, exc.code, exc.reason)
         return
-    await _Connection(hub, res, request, socket, limits, principal).run()
+    await _Connection(hub, res, request, socket, limits, principal, resources).run()
+
+
+def _close_code_of(exc: ClientError) -> CloseCode:
+    """The close code of a refusal at the handshake."""
+    if exc.code == 401:
+        return CloseCode.UNAUTHORIZED
+    if exc.code == 403:
+        return CloseCode.FORBIDDEN
+    return CloseCode.ERROR
 
 
 async def _close(socket: Socket, code: int, reason: str) -> None:
@@ -214,8 +229,11 @@ class _Connection:
         socket: Socket,
         limits: WebSocketLimits,
         principal: Principal | None = None,
+        resources: Collection[str] = (),
     ) -> None:
         self.hub = hub
+        #: The resources its ``watch`` messages may name besides its own.
+        self.resources = frozenset(resources)
         #: Who the socket acts for (authenticated once, at the handshake).
         self.principal = principal
         #: Each subscription's place in the per-principal and per-address limits.
@@ -239,6 +257,8 @@ class _Connection:
         self.end_at = hub.end_at(_url_timeout(request.query))
         #: Since when the socket has had no subscription (it closes after ``idle_seconds``).
         self.idle_since: float | None = None
+        #: Its principal's access was revoked: the socket closes 4403 at the next round.
+        self.revoked = False
 
     # -- the hub's view -------------------------------------------------------------------
 
@@ -262,6 +282,11 @@ class _Connection:
 
     def on_shutdown(self) -> None:
         self.wake()  # a socket without subscriptions learns of the shutdown here
+
+    def on_revoke(self, principal: str) -> None:
+        if self.principal is not None and self.principal.name == principal:
+            self.revoked = True
+            self.wake()
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -331,6 +356,7 @@ class _Connection:
                 res.kind, res.api_version, sub_id, bookmarks=parsed.allow_watch_bookmarks
             )
             end_at = self.end_at if sub_id == IMPLICIT_ID else None
+            same = access_of(self.hub, res) is access_of(self.hub, self.res)
             parsed, admission = await admit(
                 self.hub,
                 res,
@@ -338,7 +364,7 @@ class _Connection:
                 parsed,
                 key=key,
                 transport="websocket",
-                principal=self.principal,
+                principal=self.principal if same else None,  # else: its own authentication
             )
             try:
                 session = await open_session(
@@ -405,6 +431,8 @@ class _Connection:
             self.close_code = (exc.code, exc.reason)
 
     def _resource(self, name: str) -> ResourceSpec:
+        if name != self.res.name and name not in self.resources:
+            raise NotFound(f"no watchable resource {name[:100]!r}")
         try:
             return self.hub.spec(name)
         except NotFound:
@@ -487,6 +515,9 @@ class _Connection:
             if ended is not None:
                 code = _CLOSE_FOR.get(ended, CloseCode.NORMAL)
                 self.close_code = (code, _REASONS[code])
+                return
+            if self.revoked:
+                self.close_code = (CloseCode.FORBIDDEN, REVOKED)
                 return
             if closing and not sessions:
                 self.close_code = (CloseCode.RESTART, _REASONS[CloseCode.RESTART])

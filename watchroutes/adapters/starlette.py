@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 try:
@@ -395,13 +395,17 @@ def websocket_endpoint(
     key: str | None = None,
     authorize: WebSocketAuthorize | None = None,
     limits: WebSocketLimits | None = None,
+    resources: Collection[Resource] = (),
 ) -> Callable[[WebSocket], Awaitable[None]]:
-    """A WebSocket endpoint serving watches of ``resource`` (DESIGN 4).
+    """A WebSocket endpoint serving watches of ``resource`` (protocol.md §4).
 
     ``key`` names the path parameter of an object route (``/orders/{name}``); ``authorize``
     checks credentials; ``limits`` overrides the per-socket limits and the ``Origin``
-    allow-list (default: the request's own origin).
+    allow-list (default: the request's own origin); ``resources`` are the other resources
+    its ``watch`` messages may name (each guarded by its own ``Access``: a resource that
+    only a route's checks protect must not be listed).
     """
+    names = tuple(other.name for other in resources)
     mounted(resource)
 
     async def endpoint(websocket: WebSocket) -> None:
@@ -417,6 +421,7 @@ def websocket_endpoint(
             _Socket(websocket),
             authorize=check,
             limits=limits,
+            resources=names,
         )
 
     return endpoint
