@@ -13,7 +13,8 @@ Suites: ``sse_fanout`` (SSE fan-out next to a raw asyncio server, sse-starlette 
 ``selector_index`` (publish cost against watchers), ``inprocess`` (a burst to 10,000
 subscribers without network), ``backends`` (publishes through Redis, PostgreSQL and NATS
 next to their raw clients; needs the servers), ``idle_memory`` (memory per idle SSE watcher,
-next to the peers) and ``resume`` (a client 10,000 events behind catches up).
+next to the peers), ``resume`` (a client 10,000 events behind catches up) and
+``authorized_fanout`` (per-principal visibility on the fan-out path).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SUITES: dict[str, tuple[list[str], list[str]]] = {
     "backends": (["--quick", "--events", "1000"], []),
     "idle_memory": (["--quick"], []),
     "resume": (["--quick"], []),
+    "authorized_fanout": (["--quick"], []),
 }
 
 
