@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from watchroutes import (
     Unauthorized,
     UnsupportedMediaType,
     WatchLimits,
+    WatchScope,
 )
 from watchroutes.prometheus import PrometheusMetrics
 
@@ -29,6 +31,8 @@ PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
 #: The largest body a write reads (the adapters' ``read_body`` stops reading past it).
 MAX_BODY = 1024 * 1024
 PATCH_TYPES = ("application/merge-patch+json", "application/json")
+#: A name usable as a label value in a selector (Kubernetes' rule).
+LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 #: The one message of every 401, whatever was wrong (the hub's own 401s say the same).
 UNAUTHORIZED = "a valid bearer token is required"
 
@@ -91,8 +95,17 @@ class Users:
         """The ``can_see`` hook: an order is its owner's."""
         return owner_of(obj) == principal.name
 
+    @staticmethod
+    def authorize(principal: Principal, scope: WatchScope) -> str | None:
+        """The ``authorize`` hook: every watch of a user is narrowed to its own orders by a
+        forced selector, which the selector index serves (a publish reaches the owner's
+        watchers without running every user's ``can_see``); ``can_see`` stays the rule."""
+        return f"owner={principal.name}" if LABEL_VALUE.fullmatch(principal.name) else None
+
     def access(self) -> Access:
-        return Access(authenticate=self.authenticate, can_see=self.can_see)
+        return Access(
+            authenticate=self.authenticate, authorize=self.authorize, can_see=self.can_see
+        )
 
     def caller(self, request: AuthRequest) -> str:
         """The user a write acts for (401 with the generic message otherwise)."""
