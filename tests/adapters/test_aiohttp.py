@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from watchroutes import Hub, Resource
 from watchroutes.adapters.aiohttp import (
@@ -69,7 +69,7 @@ async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_plain_get_runs_the_handler_with_vary_and_a_watch_does_not() -> None:
+async def test_plain_get_runs_the_handler_with_vary_and_a_watch_runs_it_for_its_checks() -> None:
     hub, orders = make_hub()
     calls: list[str] = []
 
@@ -91,7 +91,7 @@ async def test_plain_get_runs_the_handler_with_vary_and_a_watch_does_not() -> No
             first = json.loads(await resp.content.readline())
             assert first["type"] == "ADDED"
             assert first["object"]["metadata"]["name"] == "o-1"
-    assert calls == ["GET"]
+    assert calls == ["GET", "GET"]  # the watch ran it first (its own checks), then streamed
 
 
 async def test_a_method_handler_and_other_methods_pass_through() -> None:
@@ -297,3 +297,43 @@ async def test_the_hub_runs_in_a_task_of_its_own() -> None:
     await asyncio.ensure_future(app.shutdown())
     await asyncio.ensure_future(app.cleanup())
     assert hub.closing
+
+
+async def test_a_watch_runs_the_handlers_own_checks_first() -> None:
+    """A check in the handler's body refuses a watch (and a WebSocket) as it refuses the GET."""
+    from watchroutes.adapters.aiohttp import list_response, setup, watchable
+
+    hub = Hub(heartbeat=1.0)
+    orders = hub.resource("orders", kind="Order")
+    orders.create({"metadata": {"name": "secret"}})
+
+    @watchable(orders)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("authorization") != "Bearer good":
+            raise web.HTTPUnauthorized(text="no")
+        return await list_response(orders, request)
+
+    app = web.Application()
+    app.router.add_get("/orders", guarded)
+    setup(app, hub)
+    async with (
+        TestServer(app) as server,
+        TestClient[web.Request, web.Application](server) as client,
+    ):
+        for params, headers in (
+            ({"watch": "true"}, {}),
+            ({"watch": "true", "feed": "longpoll", "timeoutSeconds": "0"}, {}),
+            ({}, {"Accept": "text/event-stream"}),
+        ):
+            refused = await client.get("/orders", params=params, headers=headers)
+            assert refused.status == 401
+            assert "secret" not in await refused.text()
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/orders", protocols=["watchroutes.v1"])
+        allowed = await client.get(
+            "/orders",
+            params={"watch": "true", "timeoutSeconds": "1"},
+            headers={"authorization": "Bearer good"},
+        )
+        assert allowed.status == 200
+        assert b"secret" in await allowed.read()

@@ -65,6 +65,7 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    is_watch,
     mounted,
     status_reply,
 )
@@ -176,6 +177,7 @@ def watchable(
     websocket: bool = True,
     authorize: WebSocketAuthorize | None = None,
     limits: WebSocketLimits | None = None,
+    run_endpoint: bool = True,
 ) -> Callable[[H], H]:
     """Decorate an aiohttp handler so that its route serves watches.
 
@@ -185,6 +187,13 @@ def watchable(
     WebSocket watch (``authorize`` and ``limits`` as in :func:`serve_websocket`) unless
     ``websocket`` is false. Works on a handler that takes the request as its last positional
     argument (also a method of a class), and on the ``get`` method of a ``web.View``.
+
+    A watch never bypasses the handler's own checks: with ``run_endpoint`` (the default)
+    the handler runs first for a watch and a WebSocket handshake too, and an exception it
+    raises (``web.HTTPUnauthorized``) or a response it returns with a status of 300 or more
+    is the answer; otherwise its response is discarded and the watch served. Pass
+    ``run_endpoint=False`` when the handler has no checks of its own (the resource's
+    ``Access`` hooks guard the watch) to skip computing its response per watch.
     """
 
     mounted(resource)  # its series exist from now on
@@ -200,7 +209,12 @@ def watchable(
                 preflight = resource.hub.answer_preflight(resource.name, info)
                 return await reply_response(request, preflight)
             if request.method == hdrs.METH_GET:
-                if websocket and is_websocket(request):
+                handshake = websocket and is_websocket(request)
+                if run_endpoint and (handshake or is_watch(request_info(request, key))):
+                    checked = await handler(*args)  # its own checks run for watches too
+                    if checked.status >= 300 or checked.prepared:
+                        return checked
+                if handshake:
                     return await serve_websocket(
                         resource, request, key=key, authorize=authorize, limits=limits
                     )
@@ -221,7 +235,7 @@ def watchable(
 def watch_handler(resource: Resource, *, key: str | None = None, websocket: bool = True) -> Handler:
     """A complete handler: the library's list (or object) body, a watch, or a WebSocket."""
 
-    @watchable(resource, key=key, websocket=websocket)
+    @watchable(resource, key=key, websocket=websocket, run_endpoint=False)
     async def handler(request: web.Request) -> web.StreamResponse:
         return await list_response(resource, request, key=key)
 

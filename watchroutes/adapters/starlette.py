@@ -218,8 +218,8 @@ def watchable(
                     checked = func(*args, **kwargs)
                     if inspect.isawaitable(checked):
                         checked = await checked
-                    if isinstance(checked, Response) and checked.status_code >= 400:
-                        return checked
+                    if isinstance(checked, Response) and checked.status_code >= 300:
+                        return checked  # a refusal or a redirect (to a login page) is the answer
                 reply = await resource.hub.answer_watch(resource.name, info)
                 if reply is not None:
                     return ReplyResponse(reply)
