@@ -5,10 +5,10 @@
     python3 dev.py test [ARGS]              # the test suite (pytest ARGS)
     python3 dev.py setup                    # only (re)create the virtualenv in .venv
 
-``demo`` serves the example app with FRAMEWORK (starlette, the default, fastapi or aiohttp)
-on http://127.0.0.1:8000; ARGS are the example's options (``--port 8001``, ``--seed 5``, see
-``python3 dev.py demo --help``). The server replaces this process, so Ctrl-C or a SIGTERM to
-it stops the server.
+``demo`` serves the example app with FRAMEWORK (starlette, the default, fastapi, aiohttp,
+flask or django) on http://127.0.0.1:8000; ARGS are the example's options (``--port 8001``,
+``--seed 5``, see ``python3 dev.py demo --help``). The server replaces this process, so
+Ctrl-C or a SIGTERM to it stops the server.
 
 The first run creates ``.venv`` and installs the package with its extras and the test and
 lint dependencies; later runs reuse it until ``pyproject.toml`` changes
