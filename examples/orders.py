@@ -33,6 +33,9 @@ MAX_BODY = 1024 * 1024
 PATCH_TYPES = ("application/merge-patch+json", "application/json")
 #: A name usable as a label value in a selector (Kubernetes' rule).
 LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+#: The ``owner`` key in a label selector, and its ``owner=<name>`` / ``owner==<name>`` terms.
+OWNER_KEY = re.compile(r"(?<![\w./-])owner(?![\w./-])")
+OWNER_EQUALS = re.compile(r"(?<![\w./-])owner\s*==?\s*([A-Za-z0-9._-]*)")
 #: The one message of every 401, whatever was wrong (the hub's own 401s say the same).
 UNAUTHORIZED = "a valid bearer token is required"
 
@@ -97,9 +100,16 @@ class Users:
 
     @staticmethod
     def authorize(principal: Principal, scope: WatchScope) -> str | None:
-        """The ``authorize`` hook: every watch of a user is narrowed to its own orders by a
-        forced selector, which the selector index serves (a publish reaches the owner's
-        watchers without running every user's ``can_see``); ``can_see`` stays the rule."""
+        """The ``authorize`` hook: asking for another user's orders by selector
+        (``labelSelector=owner=bob``, ``owner in (...)``, ``owner!=...``) is a 403; every
+        watch of a user is narrowed to its own orders by a forced selector, which the selector
+        index serves (a publish reaches the owner's watchers without running every user's
+        ``can_see``); ``can_see`` stays the rule."""
+        selector = scope.label_selector or ""
+        mentioned = OWNER_KEY.findall(selector)
+        named = OWNER_EQUALS.findall(selector)
+        if len(named) != len(mentioned) or any(name != principal.name for name in named):
+            raise Forbidden("you may only watch your own orders")
         return f"owner={principal.name}" if LABEL_VALUE.fullmatch(principal.name) else None
 
     def access(self) -> Access:

@@ -292,6 +292,44 @@ def test_visibility_and_moves_on_every_transport(secured: Secured, transport: st
     assert f"a-{tag}" not in names(app, ALICE)
 
 
+def test_a_selector_for_someone_elses_orders_is_refused_per_subscription(
+    secured: Secured,
+) -> None:
+    """``authorize`` refuses a watch that asks for Bob's orders (403 on every transport, the
+    subscription's ERROR on a WebSocket, which stays open); asking for one's own is let in,
+    narrowed by the forced ``owner=<user>`` selector."""
+    app = secured
+    create(app, "a-sel", ALICE)
+    create(app, "b-sel", BOB)
+    theirs = {"labelSelector": "owner=bob"}
+    asks: list[dict[str, Any]] = [
+        {"params": theirs},
+        {"params": {**theirs, "watch": "true"}},
+        {"params": {**theirs, "watch": "true", "feed": "longpoll", "timeoutSeconds": "1"}},
+        {"params": theirs, "headers": {"accept": "text/event-stream"}},
+    ]
+    for ask in asks:
+        headers = {**bearer(ALICE), **ask.get("headers", {})}
+        refused = app.request("GET", "/orders", params=ask["params"], headers=headers)
+        assert refused.status_code == 403, (ask, refused.text)
+        assert refused.json()["reason"] == "Forbidden"
+    own = {"labelSelector": "owner=alice", "watch": "true", "feed": "longpoll"}
+    answer = app.request("GET", "/orders", params=own, headers=bearer(ALICE)).json()
+    names = {e["object"]["metadata"]["name"] for e in answer["events"]}
+    assert "a-sel" in names
+    assert "b-sel" not in names
+    with ws(app, subprotocols=[PROTOCOL, f"bearer.{ALICE}"]) as conn:
+        conn.send(json.dumps({"op": "watch", "id": "theirs", "labelSelector": "owner=bob"}))
+        conn.send(json.dumps({"op": "watch", "id": "mine", "key": "a-sel"}))
+        seen: dict[str, Any] = {}
+        while len(seen) < 2:
+            message = json.loads(conn.recv(timeout=READ_TIMEOUT))
+            if message.get("id") in ("theirs", "mine"):
+                seen.setdefault(message["id"], message)
+    assert (seen["theirs"]["type"], seen["theirs"]["object"]["code"]) == ("ERROR", 403)
+    assert seen["mine"]["object"]["metadata"]["name"] == "a-sel"
+
+
 def test_a_move_is_an_added_for_the_new_owner(secured: Secured) -> None:
     app = secured
     create(app, "a-gift", ALICE)
