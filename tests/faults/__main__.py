@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--first", type=int, default=0, help="index of the first schedule")
     parser.add_argument("--nodes", type=int, default=3, choices=(2, 3))
     parser.add_argument("--retention", type=int, default=10, metavar="EVENTS")
+    parser.add_argument("--writers", type=int, default=2, help="concurrent writer threads")
     parser.add_argument(
         "--faults",
         default="",
@@ -33,8 +34,8 @@ def main(argv: list[str]) -> int:
     unknown = [f for f in faults if f not in FAULTS]
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(unknown)}")
-    if args.schedules < 1 or args.retention < 1:
-        parser.error("--schedules and --retention must be positive")
+    if min(args.schedules, args.retention, args.writers) < 1:
+        parser.error("--schedules, --retention and --writers must be positive")
     why = available(args.engine)
     if why is not None:
         print(f"cannot run on {args.engine}: {why}", file=sys.stderr)
@@ -46,6 +47,7 @@ def main(argv: list[str]) -> int:
         first=args.first,
         nodes=args.nodes,
         retention=args.retention,
+        writers=args.writers,
         faults=faults,
         verbose=args.verbose,
     )

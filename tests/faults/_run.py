@@ -48,6 +48,10 @@ PAUSE: Final = 1.5
 MARKER_TIMEOUT: Final = 30.0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 class Aborted(Exception):
     """The run cannot go on (its report still stands)."""
 
@@ -77,12 +81,12 @@ class Options:
         return (
             f"python -m tests.faults --engine {self.engine} --seed {self.seed} "
             f"--first {index} --schedules 1 --nodes {self.nodes} --retention {self.retention}"
-            f"{only}"
+            f" --writers {self.writers}{only}"
         )
 
 
 class Run:
-    def __init__(self, options: Options, out: Callable[[str], None] = print) -> None:
+    def __init__(self, options: Options, out: Callable[[str], None] = _say) -> None:
         self.options = options
         self.out = out
         self.tally = Tally()
@@ -144,6 +148,12 @@ class Run:
             self._settle(first)  # every watcher has its initial state before the first fault
             for index in range(first, first + self.options.schedules):
                 self.schedule(index)
+                done = index - first + 1
+                if done % 100 == 0 and done < self.options.schedules:
+                    self.out(
+                        f"{done} schedules, {self.tally.failures()} failures, "
+                        f"{time.monotonic() - began:.0f} s"
+                    )
         finally:
             self.seconds = time.monotonic() - began
         return self.tally
@@ -353,8 +363,13 @@ class Run:
             ("other", c["other"]),
             ("time", f"{self.seconds:.0f} s"),
         ]
+        if self.logs:  # known once the nodes are stopped
+            rows.append(("server tracebacks (not checked)", self.tracebacks()))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+    def tracebacks(self) -> int:
+        return sum(log.count("Traceback (most recent call last)") for log in self.logs)
 
     def report(self) -> str:
         lines = [self.table()]
@@ -365,8 +380,11 @@ class Run:
                 lines.append(f"  replay: {self.options.replay(index)}")
         tracebacks = [log for log in self.logs if "Traceback" in log]
         if tracebacks:
-            lines.append(f"{len(tracebacks)} server log(s) with a traceback; the first:")
-            lines.append(tracebacks[0][-3000:])
+            lines.append(f"{self.tracebacks()} tracebacks in the servers' logs; the first:")
+            log = tracebacks[0]
+            at = log.index("Traceback")
+            begin = log.rfind("\n", 0, max(0, at - 1)) + 1  # the line that logged it
+            lines.append(log[begin : begin + 6000])
         return "\n".join(lines)
 
 
