@@ -6,6 +6,7 @@ a heartbeat."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 
 import pytest
@@ -52,6 +53,38 @@ def test_at_the_watch_cap_plain_requests_still_answer(monkeypatch: pytest.Monkey
         with server.client.stream("GET", "/orders", params={"watch": "1"}) as again:
             assert again.status_code == 200
             assert LineStream(again).next()["type"] == "ADDED"
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+def test_idle_watches_of_a_client_that_left_are_released() -> None:
+    """A JSON-lines watch without bookmarks and a long poll write nothing while idle, so no
+    write can fail: the adapter notices the closed socket itself, well before a heartbeat."""
+    server = Server.start("flask", "--heartbeat", "30")
+    try:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        head = server.head()
+        requests = [
+            b"GET /orders?watch=1&resourceVersion=%d HTTP/1.1\r\n" % head,
+            b"GET /orders?watch=1&feed=longpoll&resourceVersion=%d&timeoutSeconds=60 HTTP/1.1\r\n"
+            % head,
+        ]
+        sockets = []
+        for line in requests:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(line + b"Host: x\r\n\r\n")
+            sockets.append(sock)
+        deadline = time.monotonic() + 5
+        while server.metric("watchroutes_active_watches") != 2:
+            assert time.monotonic() < deadline, "the watches did not open"
+            time.sleep(0.05)
+        for sock in sockets:
+            sock.close()  # a FIN, and nothing more is ever written to them
+        began = time.monotonic()
+        while server.metric("watchroutes_active_watches") != 0:
+            assert time.monotonic() - began < 3, "an idle watch outlived its client"
+            time.sleep(0.05)
     finally:
         log = server.stop()
     assert "Traceback" not in log, log

@@ -33,19 +33,22 @@ import atexit
 import base64
 import contextlib
 import functools
+import selectors
 import signal
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 
 try:
     import simple_websocket
-    from flask import Flask, Response, current_app, request
+    from flask import Flask, Response, current_app, has_request_context, request
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.flask needs Flask and simple-websocket: "
@@ -174,26 +177,94 @@ def request_info(key: str | None = None) -> RequestInfo:
 class _Body:
     """``wsgi_body(reply)``, with the reply's first chunk always yielded, even when empty: a
     JSON-lines watch that has nothing to send yet still flushes its headers at once on
-    gunicorn (which sends them on any write). Closing it releases the watch."""
+    gunicorn (which sends them on any write). While it streams, its socket (gunicorn's) is
+    watched for the client's close (see :class:`_Departures`). Closing it releases the watch."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, sock: socket.socket | None) -> None:
         self.first = reply.body
         self.body = wsgi_body(reply)
+        self.stream = reply.stream
+        self.sock = sock
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.sock is not None and self.stream is not None:
+            _departures.watch(self.sock, self.stream)
         if not self.first:
             yield b""
         yield from self.body
 
     def close(self) -> None:
+        if self.sock is not None:
+            _departures.forget(self.sock)
         getattr(self.body, "close")()  # noqa: B009 - WatchBody always has it
+
+
+#: How often the sockets of open watches are looked at for a client that closed.
+DEPARTURE_POLL_SECONDS = 0.5
+
+
+class _Departures:
+    """Notices a client that closed its connection while its watch writes nothing (a JSON-lines
+    watch without bookmarks, a long poll, between heartbeats): WSGI reports a departed client
+    only when a write fails. One thread per process looks at the open watches' sockets every
+    ``DEPARTURE_POLL_SECONDS``; a socket at end-of-file (or reset) ends its watch, as a failed
+    write would."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[socket.socket, Any] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, stream: Any) -> None:
+        with self._lock:
+            self._watched[sock] = stream
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="watchroutes-departures")
+                self._thread.daemon = True
+                self._thread.start()
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._watched.pop(sock, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(DEPARTURE_POLL_SECONDS)
+            with self._lock:
+                watched = list(self._watched.items())
+            if not watched:
+                continue
+            with selectors.DefaultSelector() as selector:
+                for sock, stream in watched:
+                    with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+                        selector.register(sock, selectors.EVENT_READ, stream)
+                ready = selector.select(0)
+            for key, _ in ready:
+                peer = key.fileobj
+                assert isinstance(peer, socket.socket)
+                try:
+                    gone = peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    gone = False
+                except OSError:  # reset
+                    gone = True
+                if gone:
+                    self.forget(peer)
+                    key.data.interrupt()
+
+
+_departures = _Departures()
 
 
 def reply_response(reply: Reply) -> Response:
     """A Flask response for a :class:`Reply`; a watch streams from the request thread."""
     if reply.stream is None and not reply.chunked:
         return Response(reply.body, reply.status, reply.headers)
-    body = _Body(reply) if reply.stream is not None else iter((reply.body,))
+    if reply.stream is None:
+        body: Any = iter((reply.body,))
+    else:
+        sock = request.environ.get("gunicorn.socket") if has_request_context() else None
+        body = _Body(reply, sock if isinstance(sock, socket.socket) else None)
     return Response(body, reply.status, reply.headers, direct_passthrough=True)
 
 
@@ -215,8 +286,43 @@ def _answer(resource: Resource, key: str | None, list_: bool) -> Response | None
         return list_response(resource, key=key) if list_ else None
     hub = resource.hub
     answer = hub.answer if list_ else hub.answer_watch
-    reply = ext.start().call(answer, resource.name, request_info(key))
+    info = request_info(key)
+    sock = request.environ.get("gunicorn.socket")
+    if request.args.get("feed") != "longpoll" or not isinstance(sock, socket.socket):
+        reply = ext.start().call(answer, resource.name, info)
+        return None if reply is None else reply_response(reply)
+    pending = _LongPoll()  # it waits on the hub's loop: cancelled if its client leaves
+    _departures.watch(sock, pending)
+    try:
+        reply = ext.start().call(pending.run, answer, resource.name, info)
+    finally:
+        _departures.forget(sock)
+    if pending.left:
+        return Response(status=204)  # (nobody reads it)
     return None if reply is None else reply_response(reply)
+
+
+class _LongPoll:
+    """A long poll waiting for its answer on the hub's loop; ``interrupt()`` (from the thread
+    that noticed its client left) cancels the wait, which releases the watch."""
+
+    def __init__(self) -> None:
+        self.scope: anyio.CancelScope | None = None
+        self.token: Any = None
+        self.left = False
+
+    async def run(self, answer: Callable[..., Any], name: str, info: RequestInfo) -> Any:
+        self.token = anyio.lowlevel.current_token()
+        with anyio.CancelScope() as self.scope:
+            return await answer(name, info)
+        self.left = True
+        return None
+
+    def interrupt(self) -> None:
+        scope, token = self.scope, self.token
+        if scope is not None and token is not None:
+            with contextlib.suppress(Exception):  # it has just ended
+                anyio.from_thread.run_sync(scope.cancel, token=token)
 
 
 def _add_vary(response: Response) -> None:
