@@ -160,3 +160,43 @@ def test_websocket_upgrade_without_a_server_socket_is_refused(app: App) -> None:
     headers = {"upgrade": "websocket", "connection": "Upgrade"}
     answer = app.client.get("/orders", headers=headers)  # werkzeug routes it to no rule
     assert 400 <= answer.status < 500
+
+
+def test_a_watch_runs_the_views_own_checks_first() -> None:
+    """A check in the view's body refuses a watch as it refuses the GET (no bypass)."""
+    from flask import abort, redirect, request
+
+    hub = Hub(heartbeat=HEARTBEAT, shutdown_grace=2.0)
+    orders = hub.resource("orders", kind="Order")
+    flask = Flask(__name__)
+    ext = WatchRoutes(flask, hub)
+
+    @flask.get("/guarded")
+    @watchable(orders)
+    def guarded() -> Any:
+        if request.headers.get("authorization") != "Bearer good":
+            abort(401)
+        return list_response(orders)
+
+    @flask.get("/login-first")
+    @watchable(orders)
+    def login_first() -> Any:
+        return redirect("/login")
+
+    try:
+        orders.create(order("secret"))
+        client = WSGIClient(flask)
+        for params, headers in (
+            ({"watch": "true"}, {}),
+            ({"watch": "true", "feed": "longpoll", "timeoutSeconds": "0"}, {}),
+            ({}, SSE),
+        ):
+            refused = client.get("/guarded", params=params, headers=headers)
+            assert refused.status == 401
+            assert b"secret" not in refused.body
+            assert client.get("/login-first", params=params, headers=headers).status == 302
+        good = {"authorization": "Bearer good"}
+        with client.stream("GET", "/guarded", params={"watch": "true"}, headers=good) as s:
+            assert s.next_line()["object"]["metadata"]["name"] == "secret"
+    finally:
+        ext.stop()

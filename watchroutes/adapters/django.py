@@ -65,6 +65,7 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    is_watch,
     mounted,
     status_reply,
     stream_chunks,
@@ -266,10 +267,21 @@ def _preflight(
     return reply_response(resource.hub.answer_preflight(resource.name, info), asynchronous=False)
 
 
-def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
-    """Decorate a function view (sync or async) so that it serves watches; it runs only for
-    plain GETs (and the other methods it takes; an ``OPTIONS`` is the CORS preflight), and its
-    responses get ``Vary: Accept``. ``key`` names the URL argument of an object route."""
+def watchable(
+    resource: Resource, *, key: str | None = None, run_endpoint: bool = True
+) -> Callable[[F], F]:
+    """Decorate a function view (sync or async) so that it serves watches; it runs for plain
+    GETs (and the other methods it takes; an ``OPTIONS`` is the CORS preflight), and its
+    responses get ``Vary: Accept``. ``key`` names the URL argument of an object route.
+
+    A watch never bypasses the view's own checks: with ``run_endpoint`` (the default) the
+    view runs first for a watch too, and an exception it raises (``PermissionDenied``) or a
+    response with a status of 300 or more (``login_required``'s redirect) is the answer;
+    otherwise its response is discarded and the watch served. ``run_endpoint=False`` skips
+    that when the view has no checks of its own (the resource's ``Access`` hooks guard the
+    watch). A decorator *around* ``watchable`` (``login_required(watchable(...)(view))``)
+    guards HTTP watches as usual; WebSockets are routed past it (``asgi()``), so guard those
+    with ``Access`` hooks."""
     mounted(resource)
 
     def decorate(view: F) -> F:
@@ -280,6 +292,10 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
                 if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
                     return _preflight(resource, request, key, kwargs)
                 if request.method == "GET":
+                    if run_endpoint and is_watch(request_info(request, key, kwargs)):
+                        checked = await view(request, *args, **kwargs)
+                        if checked.status_code >= 300:  # its own checks refused
+                            return checked
                     answer = await _answer_async(resource, request, key, kwargs, "watch")
                     if answer is not None:
                         return answer
@@ -293,6 +309,10 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
                 if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
                     return _preflight(resource, request, key, kwargs)
                 if request.method == "GET":
+                    if run_endpoint and is_watch(request_info(request, key, kwargs)):
+                        checked = view(request, *args, **kwargs)
+                        if checked.status_code >= 300:  # its own checks refused
+                            return checked
                     answer = _answer_sync(resource, request, key, kwargs, "watch")
                     if answer is not None:
                         return answer

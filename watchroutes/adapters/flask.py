@@ -70,6 +70,7 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    is_watch,
     mounted,
     status_reply,
     wsgi_body,
@@ -340,10 +341,18 @@ def _preflight(resource: Resource, key: str | None) -> Response:
     return reply_response(resource.hub.answer_preflight(resource.name, request_info(key)))
 
 
-def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]:
-    """Decorate a view so that it serves watches; it runs only for plain GETs (and HEAD),
-    and its responses get ``Vary: Accept``. ``key`` names the view argument of an object
-    route."""
+def watchable(
+    resource: Resource, *, key: str | None = None, run_endpoint: bool = True
+) -> Callable[[F], F]:
+    """Decorate a view so that it serves watches; it runs for plain GETs (and HEAD), and its
+    responses get ``Vary: Accept``. ``key`` names the view argument of an object route.
+
+    A watch never bypasses the view's own checks: with ``run_endpoint`` (the default) the
+    view runs first for a watch or a WebSocket too, and an ``abort(401)`` it raises or a
+    response it returns with a status of 300 or more (a redirect to a login page) is the
+    answer; otherwise its response is discarded and the watch served. Pass
+    ``run_endpoint=False`` when the view has no checks of its own (the resource's
+    ``Access`` hooks guard the watch)."""
     mounted(resource)
 
     def decorate(view: F) -> F:
@@ -351,7 +360,13 @@ def watchable(resource: Resource, *, key: str | None = None) -> Callable[[F], F]
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
                 return _preflight(resource, key)
-            if request.method == "GET" or _is_websocket():
+            websocket = _is_websocket()
+            if request.method == "GET" or websocket:
+                if run_endpoint and (websocket or is_watch(request_info(key))):
+                    checked = current_app.make_response(view(*args, **kwargs))
+                    if checked.status_code >= 300:  # its own checks refused
+                        _add_vary(checked)
+                        return checked
                 answered = _answer(resource, key, list_=False)
                 if answered is not None:
                     return answered
