@@ -65,7 +65,7 @@ class Writer:
         for _ in range(count):
             if stop.is_set():
                 return
-            url = self.cluster.pick(rng, paused_chance=0.08)
+            url = self.cluster.pick(rng, paused_chance=0.03)
             if url is None:
                 time.sleep(0.02)
                 continue

@@ -44,7 +44,7 @@ WATCHERS: Final = (
 )
 CATCH_UP: Final = 20.0
 #: The longest SIGSTOP (a write sent to the paused node waits for it).
-PAUSE: Final = 1.5
+PAUSE: Final = 3.0
 MARKER_TIMEOUT: Final = 30.0
 
 
@@ -171,7 +171,7 @@ class Run:
             kind = sequence[(index - self.options.first) % len(sequence)]
         counts = [rng.randint(*self.options.writes) for _ in self.writers]
         if kind == "pause":  # compaction during the pause: more writes than the log keeps
-            counts = [max(c, self.options.retention // len(counts) + 3) for c in counts]
+            counts = [max(c, 2 * self.options.retention // len(counts) + 4) for c in counts]
         seeds = [rng.random() for _ in self.writers]
         halt = threading.Event()
         threads = [
@@ -225,10 +225,14 @@ class Run:
             node.terminate()
             return f"SIGTERM {node}"
         if kind == "pause":
+            # the writes go on elsewhere until the log has compacted past the paused node
             node.pause()
-            until = time.monotonic() + PAUSE  # the writes go on elsewhere meanwhile
-            for thread in writers:
-                thread.join(max(0.0, until - time.monotonic()))
+            acked = self.tally.counts["acknowledged"]
+            until = time.monotonic() + PAUSE
+            while time.monotonic() < until and any(t.is_alive() for t in writers):
+                if self.tally.counts["acknowledged"] - acked > self.options.retention + 1:
+                    break
+                time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.3))
             node.resume()
             return f"SIGSTOP/SIGCONT {node}"
