@@ -123,8 +123,8 @@ def ws(app: Secured, path: str = "/orders", **kwargs: Any) -> Iterator[ClientCon
         yield conn
 
 
-def close_of(conn: ClientConnection) -> tuple[int, str]:
-    deadline = time.monotonic() + READ_TIMEOUT
+def close_of(conn: ClientConnection, timeout: float = READ_TIMEOUT) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
     closed: ConnectionClosed | None = None
     try:
         while time.monotonic() < deadline:
@@ -454,7 +454,9 @@ def test_expired_sse_then_browser_style_reconnect(framework: str) -> None:
             resumed = SSEStream(response)
             (event,) = resumed.data_events(1)
         assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "a-exp-3")
-        # a stale credential is refused like any other
+        # a WebSocket's credentials expire the same way: its close says so
+        with ws(app, subprotocols=[PROTOCOL, f"bearer.{ALICE}"]) as conn:
+            assert close_of(conn, timeout=READ_TIMEOUT) == (4401, "credentials expired")
         for body in app.bodies:
             assert ALICE not in body
     finally:
