@@ -232,8 +232,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-#: (bookmarks: a WSGI server notices a client that left at its next write, and an idle JSON
-#: lines watch without bookmarks writes nothing)
+#: (bookmarks: the in-memory WSGI client lets a departed watch go at its next write, and an idle
+#: JSON-lines watch without bookmarks writes nothing)
 WATCH = {"watch": "true", "sendInitialEvents": "false", "allowWatchBookmarks": "true"}
 
 
