@@ -1,4 +1,4 @@
-"""``python -m examples FRAMEWORK --host H --port P [...]`` (DESIGN 6)."""
+"""``python -m examples FRAMEWORK --host H --port P [...]`` (docs/protocol.md §6)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
         return
     # uvicorn hands a WebSocket handshake to the websockets library, which reads lines of at
     # most 8 KiB unless told otherwise (before it is imported): request lines and headers up
-    # to 64 KiB reach the app on WebSockets too (DESIGN 5.5)
+    # to 64 KiB reach the app on WebSockets too (protocol.md §5.5)
     os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(64 * 1024 + 1024))
     import uvicorn
     from starlette.applications import Starlette
