@@ -1,1 +1,1 @@
-"""The orders example app (docs/protocol.md §6): ``python -m examples starlette|fastapi --port 8000``."""
+"""The orders example app (protocol.md §6): ``python -m examples FRAMEWORK --port 8000``."""
