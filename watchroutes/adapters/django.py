@@ -506,7 +506,6 @@ async def _limited(application: ASGIApp, limit: int, scope: Scope, receive: Any,
         reply = status_reply(exc)
         raw = [(k.encode(), v.encode()) for k, v in reply.headers]
         raw.append((b"content-length", str(len(reply.body)).encode()))
-        raw.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": reply.status, "headers": raw})
         await send({"type": "http.response.body", "body": reply.body})
         return
