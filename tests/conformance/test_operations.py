@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ._support import READ_TIMEOUT, Launch, Server, xfail_if
+from ._support import READ_TIMEOUT, Launch, Server
 
 pytestmark = pytest.mark.usefixtures("real_server")
 
@@ -128,12 +128,6 @@ def _rss_kib(pid: int) -> int:
 def test_a_watcher_that_stops_reading_is_disconnected_and_memory_stays_bounded(
     launch: Launch, framework: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_if(
-        request,
-        framework.partition("-")[0] in ("flask", "django"),
-        "the blocking (WSGI) and pull (Django) forms release a watch closed as a slow "
-        "consumer only when the server's blocked write returns (the gauge counts it meanwhile)",
-    )
     # Retention of 100 events: what grows is then only what the watchers queue, not history.
     server = launch("--heartbeat", "30", "--buffer", "100", "--retention", "100")
     server.create("big", item="x" * 2048)

@@ -137,15 +137,19 @@ def iterate_watch(stream: WatchStream) -> Iterator[bytes]:
     session = stream.session
     wake = threading.Event()
     reason = CloseReason.CLIENT
+    def closed() -> None:  # (in the publishing thread, under the hub's lock)
+        wake.set()
+        stream.closed_while_writing()
+
     with stream.hub.lock:
         stream.subscription.waker = wake.set
-        stream.subscription.on_close = wake.set
+        stream.subscription.on_close = closed
     stream.on_cancel = wake.set
     try:
         while True:
             wake.clear()  # before the step: a publish after it sets it again
             if stream.cancelled:
-                reason = CloseReason.SHUTDOWN
+                reason = stream.cancel_reason()
                 return
             data, oldest = stream.take()
             if data:
@@ -180,8 +184,8 @@ class WatchBody:
 
     def _generate(self) -> Iterator[bytes]:
         reply = self.reply
-        if reply.body:
-            yield reply.body
+        if reply.body or reply.stream is not None:  # a watch's first chunk even when empty:
+            yield reply.body  # some WSGI servers send the headers with it, at once
         if reply.stream is not None:
             yield from iterate_watch(reply.stream)
 

@@ -169,6 +169,17 @@ class WatchStream:
                     reason = self._cancel_reason()
                 self.finish(reason)
 
+    def closed_while_writing(self) -> None:
+        """For a pump that cannot give up a write (the pull and blocking forms, whose
+        consumer writes): a subscription closed as a slow consumer is released at once, not
+        when the stuck write returns (its queue is gone, its client resumes)."""
+        if self.subscription.closed is CloseReason.SLOW:
+            self.finish(CloseReason.SLOW)
+
+    def cancel_reason(self) -> CloseReason:
+        """Why a pump told to stop at once stopped."""
+        return self._cancel_reason()
+
     def _cancel_reason(self) -> CloseReason:
         if self._cancelled:
             return CloseReason.SHUTDOWN
@@ -236,6 +247,12 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
     session = stream.session
     alarm = make_alarm(hub.clock, hub.write_timeout, lambda: None)
     stream.subscription.waker = alarm.set
+
+    def closed() -> None:
+        alarm.set()
+        stream.closed_while_writing()
+
+    stream.subscription.on_close = closed
     stream.on_cancel = alarm.set
     reason = CloseReason.CLIENT
     try:
