@@ -12,6 +12,7 @@ The seed replays a schedule's choices (faults, writes, readers), not the threads
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import sys
 import threading
@@ -373,7 +374,14 @@ class Run:
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
     def tracebacks(self) -> int:
-        return sum(log.count("Traceback (most recent call last)") for log in self.logs)
+        """How many times the servers logged a traceback (chained ones count once)."""
+        count = 0
+        for log in self.logs:
+            lines = log.splitlines()
+            for before, line in itertools.pairwise(lines):
+                if "Traceback (most recent call last)" in line and before[:1] not in ("", " "):
+                    count += 1
+        return count
 
     def report(self) -> str:
         lines = [self.table()]
@@ -386,8 +394,8 @@ class Run:
         if tracebacks:
             lines.append(f"{self.tracebacks()} tracebacks in the servers' logs; the first:")
             log = tracebacks[0]
-            at = log.index("Traceback")
-            begin = log.rfind("\n", 0, max(0, at - 1)) + 1  # the line that logged it
+            line = log.rfind("\n", 0, log.index("Traceback"))
+            begin = log.rfind("\n", 0, max(0, line)) + 1  # from the line that logged it
             lines.append(log[begin : begin + 6000])
         return "\n".join(lines)
 
