@@ -1,5 +1,5 @@
 """The log backend contract: what a shared event log (Redis, NATS JetStream, PostgreSQL, or the
-in-process reference) must do for several hubs to serve one consistent history (DESIGN 1, 2).
+in-process reference) must do for several hubs to serve one consistent history (protocol.md §1, 2).
 
 A backend stores, per hub log:
 
@@ -98,7 +98,7 @@ class Batch(msgspec.Struct, frozen=True):
     head: int
     records: list[Record]
     #: When the newest record was appended, in µs by the engine's clock; 0 when that is its rv
-    #: (versions that follow the clock, DESIGN 1). Only the follower-lag metric reads it.
+    #: (versions that follow the clock, protocol.md §1). Only the follower-lag metric reads it.
     time: int = 0
     #: The newest compaction watermark of the followed resources, read with the records
     #: (0 where the engine can tell that nothing between the previous head and these records

@@ -23,7 +23,7 @@ The tree::
         ├── ServiceUnavailable        503  (retryable)
         └── Timeout                   504  (retryable)
 
-A ``ClientError`` becomes the Status body of DESIGN 3.5 through :meth:`ClientError.status`.
+A ``ClientError`` becomes the Status body of protocol.md §3.5 through :meth:`ClientError.status`.
 Messages say what was wrong and never carry internals (no tracebacks, paths or addresses).
 """
 
@@ -64,7 +64,7 @@ class StatusDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The Kubernetes ``metav1.Status`` body, field order as on the wire (DESIGN 3.5)."""
+    """The Kubernetes ``metav1.Status`` body, field order as on the wire (protocol.md §3.5)."""
 
     kind: str
     apiVersion: str  # noqa: N815 - wire name

@@ -1,11 +1,11 @@
 """Events as values, and their encoded frames.
 
 A log :class:`Entry` is one change of one object. What a watcher receives is a :class:`Frame`:
-the entry as it applies to *that* watcher's selector (DESIGN 3.2 transitions: the same
+the entry as it applies to *that* watcher's selector (protocol.md §3.2 transitions: the same
 ``MODIFIED`` is ``ADDED`` to a watcher it enters, ``DELETED`` to one it leaves). An entry has
 at most three frames, each built on first use and cached on the entry, and each frame encodes
 its envelope once per wire format. So a publish to 10,000 watchers serialises JSON once, and
-every watcher is handed the same ``bytes`` object (DESIGN 2, "encode once").
+every watcher is handed the same ``bytes`` object (protocol.md §2, "encode once").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class EventType(enum.StrEnum):
 
 
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The envelope of DESIGN 3.5; key order on the wire is the field order."""
+    """The envelope of protocol.md §3.5; key order on the wire is the field order."""
 
     type: str
     #: The object (``None`` only for ``RESET``).
@@ -163,7 +163,7 @@ class Entry:
         """The frame of this entry delivered as ``as_type`` (default: its own type).
 
         ``DELETED`` for an entry that is not a deletion is the *leave* transition: it carries
-        the previous object stamped with this entry's rv (DESIGN 3.2).
+        the previous object stamped with this entry's rv (protocol.md §3.2).
         """
         as_type = as_type or self.type
         frame = self._frames.get(as_type)

@@ -11,7 +11,7 @@ rv from an earlier incarnation of the log is Expired, never silently mis-resumed
 
 The watch cache is the latest entry per key. A dict keeps insertion order and an update
 re-inserts its key, so iterating the cache yields objects in ascending rv order: initial events
-come out in the order that makes a resume from any of them exact (DESIGN 3.2).
+come out in the order that makes a resume from any of them exact (protocol.md §3.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Query parameters and content negotiation (DESIGN 3.1 and 3.2), as one pure function.
+"""Query parameters and content negotiation (protocol.md §3.1 and 3.2), as one pure function.
 
 ``parse_request`` turns what an adapter read off a request (query pairs, ``Accept``,
 ``Last-Event-ID``, the key of an object route) into a :class:`WatchRequest`, or raises a
@@ -30,7 +30,7 @@ __all__ = [
     "wants_event_stream",
 ]
 
-#: Long poll answer size (DESIGN 3.6).
+#: Long poll answer size (protocol.md §3.6).
 DEFAULT_LONGPOLL_LIMIT: Final = 500
 MAX_LONGPOLL_LIMIT: Final = 10_000
 #: The largest ``timeoutSeconds`` accepted (a year); the server's own maximum watch duration
@@ -65,7 +65,7 @@ class WatchRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def initial_events(self) -> bool:
-        """Whether the current state is sent first (DESIGN 3.2)."""
+        """Whether the current state is sent first (protocol.md §3.2)."""
         if self.send_initial_events is not None:
             return self.send_initial_events
         return self.resource_version is None or self.resource_version == 0

@@ -1,11 +1,11 @@
 """Subscriptions, their bounded buffers, and fan-out.
 
 A publish visits only the subscriptions that can match it (see :class:`Registry`). For each,
-the selector transition (DESIGN 3.2) decides whether the entry is sent, and as which type; the
+the selector transition (protocol.md §3.2) decides whether the entry is sent, and as which type; the
 frame for that type is shared by every subscriber, so bytes are encoded once per event.
 
 Every buffer is bounded, and a publisher never waits for a watcher. Past its buffer, a
-subscriber is handled by its slow-consumer policy (DESIGN 5.3):
+subscriber is handled by its slow-consumer policy (protocol.md §5.3):
 
 - ``disconnect`` (the default): it is closed with ``SLOW``; its stream ends and the client
   resumes exactly from the last rv it received.

@@ -8,7 +8,7 @@ The runtime owns the socket and the clock; this object owns the rules. The runti
         if not session.ready:
             wait until the subscription wakes or session.deadline() passes
 
-Rules (DESIGN 3.2-3.4) and where they live:
+Rules (protocol.md §3.2-3.4) and where they live:
 
 * initial events, then the end-of-initial-events bookmark, then a replay from the log, then
   live frames: ``_prelude`` / the ``INITIAL`` phase;

@@ -7,7 +7,7 @@ lock around each call:
   updates the watch cache and fans the entry out to the candidate subscriptions;
 * :meth:`HubState.open_watch` validates the start rv, reads the replay or the snapshot and
   registers the subscription at the same head, so no event can fall between snapshot and watch
-  (DESIGN 5.2).
+  (protocol.md §5.2).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ __all__ = [
     "object_key",
 ]
 
-#: Largest encoded object accepted (DESIGN 3.2); etcd's default request limit is 1.5 MiB.
+#: Largest encoded object accepted (protocol.md §3.2); etcd's default request limit is 1.5 MiB.
 DEFAULT_MAX_OBJECT_BYTES: Final = 1024 * 1024
 
 
 class StateSource(enum.Enum):
-    """Where a watch's initial state comes from (DESIGN 1)."""
+    """Where a watch's initial state comes from (protocol.md §1)."""
 
     CACHE = "cache"  # the hub's watch cache
     CALLBACK = "callback"  # the application's snapshot callback
@@ -290,7 +290,7 @@ class HubState:
         sub.close(reason, self.head)
         self.registry.unsubscribe(sub)
 
-    # -- following a shared log (DESIGN 2: every node learns of each event the same way) ------
+    # -- following a shared log (protocol.md §2: every node learns of each event one way) --
 
     def _record_entry(self, record: Record, now: float, current: Entry | None = None) -> Entry:
         """The entry of a shared log's record; ``prev`` is ``current``'s object (no second

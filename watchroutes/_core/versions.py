@@ -1,6 +1,6 @@
 """resourceVersions: integers that never go backwards and are never handed out twice.
 
-DESIGN 1: each append takes ``rv = max(previous + 1, now in microseconds)``. A log that starts
+protocol.md §1: each append takes ``rv = max(previous + 1, now in microseconds)``. A log that starts
 at the current time therefore never reuses a version a client may still hold from an earlier
 incarnation (a restarted process, a wiped backend): the old rv is below the new log's start,
 which is its compaction watermark, so the client is told ``Expired`` instead of silently
@@ -15,7 +15,7 @@ from .errors import InvalidResourceVersion
 
 __all__ = ["MAX_RESOURCE_VERSION", "VersionClock", "parse_resource_version"]
 
-#: rvs are non-negative integers below 2**63 (DESIGN 3.2; etcd's revisions are int64 too).
+#: rvs are non-negative integers below 2**63 (protocol.md §3.2; etcd's revisions are int64 too).
 MAX_RESOURCE_VERSION = 2**63 - 1
 
 

@@ -1,4 +1,4 @@
-"""The WebSocket protocol's rules (DESIGN 4), without I/O: the handshake, the ``Origin``
+"""The WebSocket protocol's rules (protocol.md §4), without I/O: the handshake, the ``Origin``
 check, inbound messages, the inbound rate limit, and the close codes.
 
 A runtime drives a socket with these: it negotiates with :func:`negotiate`, checks
@@ -141,7 +141,7 @@ def _parse_origin(text: str) -> tuple[str, str, int] | None:
 def origin_allowed(
     origin: str | None, *, host: str | None, secure: bool, allowed: Sequence[str] | None
 ) -> bool:
-    """DESIGN 4: no ``Origin`` (not a browser) is allowed; one that is given must match an
+    """protocol.md §4: no ``Origin`` (not a browser) is allowed; one that is given must match an
     entry of ``allowed`` by scheme, host and port (``"*"`` allows any), or, when ``allowed``
     is ``None``, the request's own ``Host``."""
     if origin is None:
@@ -162,7 +162,7 @@ class WatchMessage(
     rename="camel",
     frozen=True,
 ):
-    """``{"op": "watch", "id": ..., ...}``: a subscription, with the parameters of DESIGN 3.2."""
+    """``{"op": "watch", "id": ..., ...}``: a subscription, with protocol.md §3.2's parameters."""
 
     id: str
     resource: str | None = None

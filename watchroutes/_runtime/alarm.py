@@ -1,6 +1,6 @@
 """A pump's wake-ups and write deadline: what a watch task waits on between writes.
 
-Each watch task (DESIGN 2: one task per watch) sleeps until its subscription has something new
+Each watch task (protocol.md §2: one task per watch) sleeps until its subscription has something new
 or its session's next deadline passes, and gives up a write that does not finish in the write
 timeout. Cancel scopes and events per wait are what made that expensive: every wake-up of
 every watcher entered two cancel scopes (two timer handles scheduled and cancelled) and built

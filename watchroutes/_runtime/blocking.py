@@ -137,6 +137,7 @@ def iterate_watch(stream: WatchStream) -> Iterator[bytes]:
     session = stream.session
     wake = threading.Event()
     reason = CloseReason.CLIENT
+
     def closed() -> None:  # (in the publishing thread, under the hub's lock)
         wake.set()
         stream.closed_while_writing()

@@ -525,7 +525,7 @@ class Hub(Node):
 
     async def aget(self, resource: str, key: str) -> Any:
         """The current object, or ``NotFound``, as of at least the shared log's head: it sees
-        every write acknowledged before the call, on whichever node (DESIGN 3.1)."""
+        every write acknowledged before the call, on whichever node (protocol.md §3.1)."""
         await self._sync_head()
         return self.get(resource, key)
 

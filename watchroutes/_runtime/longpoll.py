@@ -1,4 +1,4 @@
-"""Long poll (DESIGN 3.6): one request, one JSON answer, the same cursor as every stream."""
+"""Long poll (protocol.md §3.6): one request, one JSON answer, the same cursor as every stream."""
 
 from __future__ import annotations
 

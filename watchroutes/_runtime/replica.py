@@ -2,7 +2,7 @@
 
 The follower loads the log's image (epoch, head, each resource's history and object state),
 then applies every batch the backend reports to the hub's state, which fans the entries out to
-the local watchers. The publishing node learns of its own writes the same way (DESIGN 2).
+the local watchers. The publishing node learns of its own writes the same way (protocol.md §2).
 
 * **Outage**: the backend raises ``ServiceUnavailable``. Every watch ends resumably
   (``CloseReason.UNAVAILABLE``: SSE and JSON lines end, WebSocket closes 1013) and the follower
@@ -16,11 +16,11 @@ the local watchers. The publishing node learns of its own writes the same way (D
   it never read were evicted. The node does what a new node does at once: it ends its
   watches, reloads the log's image consistently, and from then on every position older than
   the watermark is Expired (410, or RESET on SSE); it never serves the gap.
-* **Consistent reads** (DESIGN 3.1): every list and watch (but ``resourceVersion=0``) is
+* **Consistent reads** (protocol.md §3.1): every list and watch (but ``resourceVersion=0``) is
   served at least at the backend's head when the request arrives, so it sees every write
   acknowledged before it on any node, and a resume is judged against the same history on
   every node; a node that has not applied that far waits up to :data:`SYNC_TIMEOUT` seconds,
-  then answers 504 ``Timeout``. (DESIGN asks only "at least N" for a given rv; one round trip
+  then answers 504 ``Timeout``. (protocol.md asks only "at least N" for a given rv; one round trip
   to the backend buys the stronger rule.)
 """
 
@@ -45,7 +45,7 @@ __all__ = ["SYNC_TIMEOUT", "Replica"]
 
 logger = logging.getLogger("watchroutes")
 
-#: How long a request waits for this node to apply the log as far as it needs (DESIGN 1).
+#: How long a request waits for this node to apply the log as far as it needs (protocol.md §1).
 SYNC_TIMEOUT: Final = 3.0
 #: How long ``Hub.start`` waits for the first load before serving 503s and retrying behind.
 START_TIMEOUT: Final = 5.0

@@ -73,7 +73,7 @@ def json_reply(status: int, body: Any, *extra: tuple[str, str]) -> Reply:
 
 
 def error_reply(exc: ClientError, mode: Mode, *, retry_ms: int) -> Reply:
-    """The answer to a request refused before any stream started (DESIGN 3.3-3.5).
+    """The answer to a request refused before any stream started (protocol.md §3.3-3.5).
 
     SSE answers conditions a retry fixes (429, 503, 504) with 200, ``retry: <ms>`` and one
     ERROR event, because a non-200 answer stops a browser's EventSource for good.

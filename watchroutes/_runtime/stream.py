@@ -341,7 +341,7 @@ async def open_session(
     admission: Admission = OPEN,
 ) -> WatchSession:
     """Register a watch and build its session; raises ``Expired`` and the other client errors
-    of opening a watch (DESIGN 3.2)."""
+    of opening a watch (protocol.md §3.2)."""
     await hub.sync(parsed)
     with hub.lock:
         admission.check(hub)  # revoked since it was let in?

@@ -1,4 +1,4 @@
-"""WebSocket watches (DESIGN 4): several subscriptions on one socket, two tasks per socket.
+"""WebSocket watches (protocol.md §4): several subscriptions on one socket, two tasks per socket.
 
 The reader decodes inbound messages and opens or ends subscriptions; the writer steps every
 subscription's :class:`WatchSession` and sends what they wrote, one envelope per text message,
@@ -112,7 +112,7 @@ class WebSocketRequest:
 
 @dataclass(frozen=True)
 class WebSocketLimits:
-    """Per-socket limits (DESIGN 4), with the named defaults."""
+    """Per-socket limits (protocol.md §4), with the named defaults."""
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS

@@ -18,7 +18,7 @@
     app.router.add_get("/orders/{name}", get_order)
 
 One route serves every transport: aiohttp routes a WebSocket handshake like any GET, so the
-decorated handler answers an ``Upgrade: websocket`` request with a WebSocket watch (DESIGN 4)
+decorated handler answers an ``Upgrade: websocket`` request with a WebSocket watch (protocol.md §4)
 unless ``websocket=False``. Without a handler of your own, ``watch_handler(orders)`` answers
 plain GETs with the Kubernetes-style list body.
 
@@ -26,13 +26,13 @@ The adapter only translates: request -> :class:`RequestInfo`, :class:`Reply` -> 
 written through the response's own payload writer, and aiohttp's ``WebSocketResponse`` to and
 from the runtime's socket. A watch runs in aiohttp's handler task and needs no second task:
 aiohttp reports a peer that left as the failure of the next write, so a closed or reset
-connection is released at the latest by the next heartbeat (DESIGN 5.4); with
+connection is released at the latest by the next heartbeat (protocol.md §5.4); with
 ``handler_cancellation=True`` (``web.run_app``, ``AppRunner``) at once.
 
 :func:`setup` ties the hubs to the application: entered on startup (a hub on a shared log
 loads it and starts following it) and shut down from ``on_shutdown``, which aiohttp runs
 after it stops accepting connections and before it waits for the open ones, so every stream
-ends with its final bookmark and clients resume elsewhere (DESIGN 5.6).
+ends with its final bookmark and clients resume elsewhere (protocol.md §5.6).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ __all__ = [
 CLOSE_TIMEOUT: Final = 1.0
 
 #: The longest request line and header field the server reads (aiohttp's defaults: 8190
-#: bytes): DESIGN 5.5 lets request lines and headers up to 64 KiB reach the app, so that a
+#: bytes): protocol.md §5.5 lets request lines and headers up to 64 KiB reach the app, so that a
 #: long selector gets the library's 400 naming the parameter, not aiohttp's plain-text one.
 MAX_LINE_SIZE: Final = 64 * 1024
 MAX_FIELD_SIZE: Final = 64 * 1024
@@ -252,7 +252,7 @@ async def list_response(
 
 
 def error_response(exc: ClientError) -> web.Response:
-    """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
+    """A ``ClientError`` as its HTTP status and Status body (protocol.md §3.5)."""
     reply = status_reply(exc)
     return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
@@ -418,7 +418,7 @@ async def serve_websocket(
     authorize: WebSocketAuthorize | None = None,
     limits: WebSocketLimits | None = None,
 ) -> web.StreamResponse:
-    """Run a WebSocket watch of ``resource`` (DESIGN 4) on the handshake ``request``.
+    """Run a WebSocket watch of ``resource`` (protocol.md §4) on the handshake ``request``.
 
     ``key`` names the path parameter of an object route (``/orders/{name}``); ``authorize``
     checks credentials; ``limits`` overrides the per-socket limits and the ``Origin``

@@ -16,7 +16,7 @@ The same decorator works on FastAPI path operations (it adds a ``Request`` param
 signature when the function has none). Without an endpoint of your own,
 ``watch_endpoint(orders)`` answers plain GETs with the Kubernetes-style list body.
 
-WebSocket watches (DESIGN 4) need a route of their own on the same path, since Starlette
+WebSocket watches (protocol.md §4) need a route of their own on the same path, since Starlette
 routes by scope type: ``WebSocketRoute("/orders", websocket_endpoint(orders))`` (FastAPI:
 ``app.add_api_websocket_route("/orders", websocket_endpoint(orders))``).
 
@@ -277,7 +277,7 @@ class _ListResponse(ReplyResponse):
 
 
 def error_response(exc: ClientError) -> Response:
-    """A ``ClientError`` as its HTTP status and Status body (DESIGN 3.5)."""
+    """A ``ClientError`` as its HTTP status and Status body (protocol.md §3.5)."""
     return ReplyResponse(status_reply(exc))
 
 

@@ -59,7 +59,7 @@ def watch(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> Watch:
-    """Watch a route of DESIGN 3 and yield its events for as long as you iterate.
+    """Watch a route of protocol.md §3 and yield its events for as long as you iterate.
 
     ``transport`` is ``"sse"`` (default), ``"jsonlines"`` or ``"longpoll"``. Without
     ``resource_version`` the watch starts with the current state (``ADDED`` events, then the

@@ -2,7 +2,7 @@
 
 The SSE decoder follows the WHATWG parsing rules (lines end in CRLF, LF or CR; a blank line
 ends a block; ``:`` starts a comment) but, unlike a browser, reports id-only blocks, because
-they are the server's bookmarks (DESIGN 3.3). The fast path is the server's own framing:
+they are the server's bookmarks (protocol.md §3.3). The fast path is the server's own framing:
 LF-only lines, split with one ``bytes.split``.
 """
 
@@ -26,13 +26,13 @@ __all__ = [
 
 _BOM = b"\xef\xbb\xbf"
 #: The largest event (line, or SSE block) accepted: an object of the server's maximum size
-#: (1 MiB, DESIGN 3.2) in its envelope, with room to spare. Past it the stream is refused
+#: (1 MiB, protocol.md §3.2) in its envelope, with room to spare. Past it the stream is refused
 #: (:class:`ProtocolError`) instead of buffered without bound.
 MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
 
 
 class Envelope(msgspec.Struct):
-    """DESIGN 3.5 (a WebSocket envelope's ``id`` is ignored)."""
+    """protocol.md §3.5 (a WebSocket envelope's ``id`` is ignored)."""
 
     type: str
     object: Any = None
@@ -40,7 +40,7 @@ class Envelope(msgspec.Struct):
 
 
 class LongPollAnswer(msgspec.Struct):
-    """DESIGN 3.6."""
+    """protocol.md §3.6."""
 
     events: list[Envelope]
     resourceVersion: str  # noqa: N815 - wire name
@@ -147,7 +147,7 @@ class SSEDecoder:
 
 
 class JSONLinesDecoder:
-    """Feed bytes, get one :class:`Envelope` per line (DESIGN 3.4)."""
+    """Feed bytes, get one :class:`Envelope` per line (protocol.md §3.4)."""
 
     __slots__ = ("_pending",)
 

@@ -4,7 +4,7 @@ WatchClientError            anything this client raises
 ├── StatusError             the server refused the watch for good (400, 403, 404, ...):
 │   │                       .code, .reason, .message and the whole Status in .status
 │   └── UnauthorizedError   401, with no token refresh or after one that did not help
-└── ProtocolError           the answer is not a watch of DESIGN 3 (a wrong URL or a
+└── ProtocolError           the answer is not a watch of protocol.md §3 (a wrong URL or a
                             non-watchable route; retrying would not help either)
 """
 
@@ -20,7 +20,7 @@ class WatchClientError(Exception):
 
 
 class StatusError(WatchClientError):
-    """The server answered a Status (DESIGN 3.5) that a retry cannot fix."""
+    """The server answered a Status (protocol.md §3.5) that a retry cannot fix."""
 
     def __init__(self, status: dict[str, Any]) -> None:
         self.status = status

@@ -1,6 +1,6 @@
 """What a watch yields and what an informer reports: values, never live objects.
 
-A :class:`WatchEvent` is one envelope of DESIGN 3.5 as it came off the wire (SSE data block,
+A :class:`WatchEvent` is one envelope of protocol.md §3.5 as it came off the wire (SSE data block,
 JSON line, long-poll entry), or a control event the client made itself where the wire has no
 frame for it: a ``BOOKMARK`` for an SSE id-only block or a long poll's continue rv, and a
 ``RESET`` when the client must start over from a full state (410, or a drop in the middle of

@@ -1,7 +1,7 @@
 """The watch client's decisions, without I/O: which request to send next, what each answer
 means, and how long to wait before the next attempt.
 
-The rules (DESIGN 3; client-go's reflector for the retry policy):
+The rules (protocol.md §3; client-go's reflector for the retry policy):
 
 - **Resume point.** The last rv received outside the initial events (an event, a bookmark, an
   SSE id-only block, a long poll's continue rv). A reconnect sends it (SSE: ``Last-Event-ID``;
@@ -57,12 +57,12 @@ DEFAULT_POLL_TIMEOUT: Final = 30
 MIN_HEALTHY: Final = 1.0
 #: Most bytes of an error answer that are read (a Status is a few hundred).
 MAX_ERROR_BODY: Final = 64 * 1024
-#: The WebSocket subprotocol of DESIGN 4.
+#: The WebSocket subprotocol of protocol.md §4.
 SUBPROTOCOL: Final = "watchroutes.v1"
-#: WebSocket close codes after which the watch resumes (DESIGN 4): normal closure (the URL's
+#: WebSocket close codes after which the watch resumes (protocol.md §4): normal closure (the URL's
 #: timeoutSeconds), going away, server shutdown (1012), try again later, slow consumer (4008).
 _RESUME_CLOSES: Final = frozenset({1000, 1001, 1012, 1013, 4008})
-#: Close codes that are Statuses (DESIGN 4 and 7); 4429 is retried with backoff.
+#: Close codes that are Statuses (protocol.md §4 and 7); 4429 is retried with backoff.
 _CLOSE_STATUSES: Final = {
     4400: (400, "BadRequest"),
     4401: (401, "Unauthorized"),
@@ -73,12 +73,12 @@ _CLOSE_STATUSES: Final = {
 
 
 class Transport(enum.StrEnum):
-    """The HTTP watch formats of DESIGN 3."""
+    """The HTTP watch formats of protocol.md §3."""
 
     SSE = "sse"
     JSON_LINES = "jsonlines"
     LONG_POLL = "longpoll"
-    #: DESIGN 4 (asyncio only: it runs on the ``websockets`` package).
+    #: protocol.md §4 (asyncio only: it runs on the ``websockets`` package).
     WEBSOCKET = "websocket"
 
 
@@ -167,7 +167,7 @@ class WatchCore:
         self.transport = Transport(transport)
         if heartbeat <= 0 or poll_timeout < 1:
             raise ValueError("heartbeat and poll_timeout must be positive")
-        # DESIGN 3.3: a live stream writes something every heartbeat interval, so a silence
+        # protocol.md §3.3: a live stream writes something every heartbeat interval, so a silence
         # longer than two of them means a half-open connection.
         self.read_timeout = read_timeout if read_timeout is not None else 2 * heartbeat + 5.0
         if self.read_timeout <= 2 * heartbeat:
@@ -342,7 +342,7 @@ class WatchCore:
         return out
 
     def answer(self, body: bytes) -> list[WatchEvent]:
-        """A long poll's 200 answer (DESIGN 3.6)."""
+        """A long poll's 200 answer (protocol.md §3.6)."""
         self._last_receipt = self.clock()
         answer = decode_answer(body)
         out: list[WatchEvent] = []

@@ -1,6 +1,6 @@
 """An informer's store, without I/O: watch events in, store changes out.
 
-The rules (client-go's reflector and DeltaFIFO, over DESIGN 3):
+The rules (client-go's reflector and DeltaFIFO, over protocol.md §3):
 
 - **Initial state is applied atomically.** From the start and after every ``RESET``, events
   are collected aside until the bookmark that ends the initial events; then the collected

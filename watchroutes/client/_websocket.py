@@ -1,4 +1,4 @@
-"""The WebSocket transport (DESIGN 4): one connection, the subscription ``""`` of its URL.
+"""The WebSocket transport (protocol.md §4): one connection, the subscription ``""`` of its URL.
 
 On the ``websockets`` package, whose async client runs on asyncio only. The decisions are the
 core's (:meth:`WatchCore.message`, :meth:`WatchCore.closed`); this module only moves messages.
@@ -25,7 +25,7 @@ from ._protocol import SUBPROTOCOL, Outcome, RequestSpec, WatchCore
 
 __all__ = ["MAX_MESSAGE_BYTES", "stream_async", "stream_sync"]
 
-#: The largest message accepted: an object of the server's maximum size (1 MiB, DESIGN 3.2)
+#: The largest message accepted: an object of the server's maximum size (1 MiB, protocol.md §3.2)
 #: in its envelope, with room to spare.
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 #: Connecting and the handshake (seconds).

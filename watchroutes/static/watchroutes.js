@@ -1,7 +1,7 @@
 // watchroutes.js: keep a Map in sync with a watchroutes watch route, in the browser.
 //
 // A dependency-free ES module (no build step). Served by your app at a path you choose
-// (see docs/client.md), it follows the wire contract of DESIGN 3 and recovers the way the
+// (see docs/client.md), it follows the wire contract of protocol.md §3 and recovers the way the
 // Python informer does:
 //
 // - The state arrives as ADDED events, complete at the BOOKMARK annotated

@@ -1,4 +1,4 @@
-"""Label and field selectors (DESIGN 3.2), compiled once into a :class:`Filter`.
+"""Label and field selectors (protocol.md §3.2), compiled once into a :class:`Filter`.
 
 One module per job, each opening with its rules:
 

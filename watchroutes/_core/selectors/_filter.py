@@ -35,7 +35,7 @@ __all__ = [
     "restrict",
 ]
 
-#: Characters per selector. DESIGN 3.2 ("longer than 4 KiB by default"): half of the 8 KiB
+#: Characters per selector. protocol.md §3.2 ("longer than 4 KiB by default"): half of the 8 KiB
 #: request line that common front proxies accept (nginx ``large_client_header_buffers`` 8k,
 #: Apache ``LimitRequestLine`` 8190), so a selector that passes here also fits through them.
 DEFAULT_MAX_SELECTOR_LENGTH: Final = 4096
@@ -155,9 +155,7 @@ class Filter(Frozen):
         if not isinstance(other, Filter):
             return NotImplemented
         return (
-            self._hash == other._hash
-            and self._key == other._key
-            and self.visible is other.visible
+            self._hash == other._hash and self._key == other._key and self.visible is other.visible
         )
 
     def __hash__(self) -> int:
@@ -198,7 +196,7 @@ def compile_filter(
     """Parse and compile the ``labelSelector`` and ``fieldSelector`` of a request.
 
     ``None`` and ``""`` mean no requirement. ``name`` is the key of an object route
-    ``/R/{key}``: an extra ``metadata.name=<name>`` field requirement (DESIGN 3.1). A field
+    ``/R/{key}``: an extra ``metadata.name=<name>`` field requirement (protocol.md §3.1). A field
     selector that pins ``metadata.name`` by equality to anything else is an error.
 
     Raises:

@@ -20,7 +20,7 @@ MEDIA_TYPE: Final = "application/json"
 
 
 class JsonLinesWire:
-    """JSON-lines framing of one watch (DESIGN 3.4)."""
+    """JSON-lines framing of one watch (protocol.md §3.4)."""
 
     media_type = MEDIA_TYPE
     __slots__ = ("api_version", "bookmarks", "kind")

@@ -92,7 +92,7 @@ def encode_event(
 
 
 class SseWire:
-    """SSE framing of one watch (DESIGN 3.3)."""
+    """SSE framing of one watch (protocol.md §3.3)."""
 
     media_type = MEDIA_TYPE
     __slots__ = ("api_version", "kind", "retry_ms")

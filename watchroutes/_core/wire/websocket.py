@@ -1,4 +1,4 @@
-"""WebSocket framing (DESIGN 4): one envelope per text message, its subscription id first.
+"""WebSocket framing (protocol.md §4): one envelope per text message, its subscription id first.
 
 A message is ``{"id":"<sub>",`` followed by the rest of the frame's shared JSON encoding, so
 the envelope is still encoded once per event whatever the number of watchers. The session
