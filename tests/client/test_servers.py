@@ -108,6 +108,8 @@ def chaos(server: Restartable, rng: random.Random, count: int, prefix: str) -> N
         *(("starlette", t) for t in TRANSPORTS),
         ("aiohttp", "sse"),
         ("aiohttp", "websocket"),
+        ("flask", "sse"),
+        ("django", "jsonlines"),
         ("starlette-redis", "sse"),
     ],
 )
@@ -157,7 +159,7 @@ async def test_informer_converges_through_writes_drops_and_restarts(
     assert len(versions) == len(set(versions)), versions
 
 
-@pytest.mark.parametrize("framework", ["starlette", "fastapi", "aiohttp"])
+@pytest.mark.parametrize("framework", ["starlette", "fastapi", "aiohttp", "flask", "django"])
 def test_sync_clients_on_every_framework(
     servers: Callable[..., Restartable], framework: str
 ) -> None:
