@@ -248,3 +248,29 @@ def test_plain_http_on_the_route_is_unchanged(server: Server) -> None:
     with pytest.raises(InvalidStatus), ws(server, "/metrics"):
         pass  # pragma: no cover
     assert server.client.get("/orders").status_code == 200
+
+
+def test_a_client_closing_while_the_server_writes_is_no_server_error(launch: Launch) -> None:
+    """Sockets closed by their clients while events are being written to them: the server
+    logs no traceback (the ``launch`` fixture checks its log at teardown)."""
+    import threading
+
+    server = launch("--heartbeat", "0.5")
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set() and i < 200:
+            i += 1
+            server.create(f"w-{i}", item="y" * 2000)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for n in range(8):
+            with ws(server, query="allowWatchBookmarks=true") as conn:
+                for _ in range(n % 4 + 1):
+                    conn.recv(timeout=READ_TIMEOUT)
+    finally:
+        stop.set()
+        writer.join(READ_TIMEOUT)

@@ -37,7 +37,7 @@ try:
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
-    from starlette.websockets import WebSocket
+    from starlette.websockets import WebSocket, WebSocketDisconnect
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.starlette needs Starlette: pip install 'watchroutes[starlette]'"
@@ -347,7 +347,7 @@ class _Socket:
             return None
         try:
             message = await self.ws.receive()
-        except (RuntimeError, OSError):  # the socket was closed under us
+        except (RuntimeError, OSError, WebSocketDisconnect):  # closed under us
             message = {"type": "websocket.disconnect"}
         if message["type"] != "websocket.receive":
             self.gone = True
@@ -362,7 +362,9 @@ class _Socket:
             raise Disconnected
         try:
             await self.ws.send({"type": "websocket.send", "text": text})
-        except (RuntimeError, OSError) as exc:  # uvicorn's ClientDisconnected is an OSError
+        except (RuntimeError, OSError, WebSocketDisconnect) as exc:
+            # (uvicorn's ClientDisconnected is an OSError; Starlette turns it into a
+            # WebSocketDisconnect(1006) on a socket the peer is closing)
             self.gone = True
             raise Disconnected from exc
 
