@@ -180,7 +180,7 @@ async def _answer_list(node: Node, resource: str, request: RequestInfo) -> Reply
     try:
         res = node.spec(resource)
         parsed = parse_request(request.query, key=request.key)
-        parsed, _ = await admit(
+        parsed, admission = await admit(
             node, res, request.auth(), parsed, key=request.key, transport="list"
         )
         await node.sync(parsed)
@@ -196,17 +196,24 @@ async def _answer_list(node: Node, resource: str, request: RequestInfo) -> Reply
         if request.key is not None:
             if not items:
                 raise NotFound(f'{resource} "{request.key[:100]}" not found')
-            return json_reply(200, items[0])
+            return json_reply(200, items[0], *_private(admission))
         body: dict[str, Any] = {
             "kind": res.list_kind,
             "apiVersion": res.api_version,
             "metadata": {"resourceVersion": str(head)},
             "items": items,
         }
-        return json_reply(200, body)
+        return json_reply(200, body, *_private(admission))
     except ClientError as exc:
         node.metrics.client_error(exc.reason)
         return error_reply(exc, Mode.LIST, retry_ms=node.retry_ms)
+
+
+def _private(admission: Admission) -> tuple[tuple[str, str], ...]:
+    """An answer that depends on who asked is never stored by a shared cache."""
+    if admission.principal is None:
+        return ()
+    return (("cache-control", "private, no-store"),)
 
 
 def _check_not_ahead(parsed: WatchRequest, head: int) -> None:
