@@ -330,3 +330,19 @@ def test_the_closing_bookmark_claims_only_what_the_watch_was_served(sse: bool) -
             ("BOOKMARK", str(filtered))
         ]
     assert str(late) not in w.raw.decode()
+
+
+def test_revocation_stops_the_initial_events_at_once() -> None:
+    """A watch revoked in the middle of a large initial state sends none of the rest: the
+    403 ERROR follows the batch already written."""
+    core = Core()
+    for i in range(PRELUDE_BATCH + 100):
+        core.publish("ADDED", order(f"o-{i}"))
+    w = core.open(sse=False)
+    first = w.session.step(core.now, core.state.head)
+    assert first.count(b"\n") == PRELUDE_BATCH  # one batch of ADDED lines
+    core.state.registry.all()[0].close(CloseReason.REVOKED, core.state.head)
+    items = w.pump()
+    assert w.session.closed
+    assert [i["type"] for i in items] == ["ERROR"]
+    assert items[0]["object"]["message"] == "access revoked"
