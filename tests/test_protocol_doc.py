@@ -16,7 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "docs" / "protocol.md"
 #: Where a reader meets references: the shipped package, its docs, examples and README.
-SCANNED = (ROOT / "docs", ROOT / "watchroutes", ROOT / "examples", ROOT / "README.md")
+SCANNED = (
+    ROOT / "docs",
+    ROOT / "watchroutes",
+    ROOT / "examples",
+    ROOT / "tests",
+    ROOT / "benchmarks",
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "dev.py",
+)
 #: The top-level sections, numbered as every reference expects them.
 SECTIONS = (
     "1",
@@ -41,7 +50,12 @@ def _files() -> list[Path]:
     for base in SCANNED:
         candidates = [base] if base.is_file() else sorted(base.rglob("*"))
         for path in candidates:
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            if (
+                path.is_file()
+                and "__pycache__" not in path.parts
+                and path.suffix != ".pyc"
+                and path != Path(__file__).resolve()  # it names what it looks for
+            ):
                 files.append(path)
     return files
 

@@ -229,7 +229,7 @@ def test_sse_reset_is_yielded_and_the_state_after_it_is_initial() -> None:
 def test_retryable_errors_wait_at_least_retry_after() -> None:
     c, _ = core()
     c.request()
-    # 200 + retry: + ERROR (DESIGN 3.3): the Status's retryAfterSeconds wins.
+    # 200 + retry: + ERROR (protocol.md §3.3): the Status's retryAfterSeconds wins.
     c.opened("text/event-stream")
     c.feed(
         b"retry: 7000\n\n"

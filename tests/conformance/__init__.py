@@ -1,1 +1,1 @@
-"""Conformance suite: DESIGN 3 and 6 against real servers of every example app."""
+"""Conformance suite: protocol.md §3 and §6 against real servers of every example app."""

@@ -91,7 +91,7 @@ def xfail_if(request: pytest.FixtureRequest, condition: bool, reason: str) -> No
 def order(
     name: str, region: str = "eu", *, qty: int = 1, item: str = "book", phase: str = "new"
 ) -> dict[str, Any]:
-    """An order following the object convention of DESIGN 6."""
+    """An order following the object convention of protocol.md §6."""
     return {
         "metadata": {"name": name, "labels": {"region": region}},
         "spec": {"item": item, "qty": qty},
@@ -100,7 +100,7 @@ def order(
 
 
 def assert_status(response: httpx.Response, code: int, reason: str, *mentions: str) -> Any:
-    """``response`` is an HTTP ``code`` with a Status body (DESIGN 3.5); returns the Status."""
+    """``response`` is an HTTP ``code`` with a Status body (protocol.md §3.5): the Status."""
     assert response.status_code == code, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     status = response.json()

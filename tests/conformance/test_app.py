@@ -1,4 +1,4 @@
-"""DESIGN 6: the example app's token, metrics, page and graceful shutdown."""
+"""protocol.md §6: the example app's token, metrics, page and graceful shutdown."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN 3.4: JSON lines, the Kubernetes watch format."""
+"""protocol.md §3.4: JSON lines, the Kubernetes watch format."""
 
 from __future__ import annotations
 

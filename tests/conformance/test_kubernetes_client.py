@@ -1,4 +1,4 @@
-"""DESIGN 3.4: the official ``kubernetes`` Python client consumes the JSON-lines watch,
+"""protocol.md §3.4: the official ``kubernetes`` Python client consumes the JSON-lines watch,
 including its reconnect-and-resume from the last rv it saw (research k8s-watch.md 4.3 B)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile and odd requests against every example app as a real server (DESIGN 5.5): long
+"""Hostile and odd requests against every example app as a real server (protocol.md §5.5): long
 request lines reach the app, bodies are limited while they are read, every decoding failure
 is a 400 Status, HEAD and unknown methods get proper answers, a client that leaves mid-body
 is no server error, and the metrics have their series from start-up.

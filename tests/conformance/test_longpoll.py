@@ -1,4 +1,4 @@
-"""Long poll (DESIGN 3.6) against every example app: the body, the cursor, the wait, the
+"""Long poll (protocol.md §3.6) against every example app: the body, the cursor, the wait, the
 limit, the timeout and Expired."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DESIGN 3.1: the same URL answers a list or a watch, by ``Accept`` and ``watch``."""
+"""protocol.md §3.1: the same URL answers a list or a watch, by ``Accept`` and ``watch``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operations (DESIGN 5.4, 5.6) against real servers: peers that vanish with a reset are
+"""Operations (protocol.md §5.4, 5.6) against real servers: peers that vanish with a reset are
 released quickly, and shutdown ends every transport's watches resumably and on time."""
 
 from __future__ import annotations

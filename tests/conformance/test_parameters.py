@@ -1,4 +1,4 @@
-"""DESIGN 3.2: query parameters shared by every transport."""
+"""protocol.md §3.2: query parameters shared by every transport."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Several example-app processes on one shared log (DESIGN 5.1 across processes).
+"""Several example-app processes on one shared log (protocol.md §5.1 across processes).
 
 Publish on A, watch on B and C; kill B mid-stream and resume on C with its Last-Event-ID:
 exactly the missed events, in order. Concurrent publishers on two processes never produce a
@@ -120,7 +120,7 @@ def test_concurrent_publishers_on_two_processes_share_one_order(
 def test_shutdown_ends_every_transport_and_each_client_resumes_on_another_server(
     cluster: Callable[[], Server],
 ) -> None:
-    """DESIGN 5.6 across processes: SIGTERM one server with a watcher of each streaming
+    """protocol.md §5.6 across processes: SIGTERM one server with a watcher of each streaming
     transport; each ends within the grace with a resume point, and resumes on another server
     of the same log with exactly what was published meanwhile."""
     import json

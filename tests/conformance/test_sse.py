@@ -1,4 +1,4 @@
-"""DESIGN 3.3: Server-Sent Events framing, heartbeats, bookmarks and RESET."""
+"""protocol.md §3.3: Server-Sent Events framing, heartbeats, bookmarks and RESET."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WebSocket watches (DESIGN 4) against real uvicorn servers, with the ``websockets`` client:
+"""WebSocket watches (protocol.md §4) against real uvicorn servers, with the ``websockets`` client:
 the handshake, subscriptions, every close code and every limit."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DESIGN 6 (the orders app's writes) and 3.5 (the Status body of every error)."""
+"""protocol.md §6 (the orders app's writes) and 3.5 (the Status body of every error)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``coalesce`` slow-consumer policy (DESIGN 5.3): the queue keeps the newest event of
+"""The ``coalesce`` slow-consumer policy (protocol.md §5.3): the queue keeps the newest event of
 each key, in ascending rv order, and a client's state ends up exact."""
 
 from __future__ import annotations

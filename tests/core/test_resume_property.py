@@ -1,4 +1,4 @@
-"""Resume is exact (DESIGN 5.1), over random interleavings of publishes, disconnects
+"""Resume is exact (protocol.md §5.1), over random interleavings of publishes, disconnects
 (including in the middle of the initial events), resumes by ``Last-Event-ID`` and by
 ``resourceVersion``, and log expiry: every client gets every event after its resume point
 exactly once and in order, or a RESET (SSE) / 410 (JSON lines), never a gap."""
@@ -34,7 +34,7 @@ class Client:
     #: Its cache was complete at its resume point (it saw the end of a full initial state and
     #: has not relisted since), so every change must agree with it. After a drop in the middle
     #: of the initial events a resume is exact too, but may bring MODIFIED/DELETED for keys
-    #: the client never saw (DESIGN 3.2).
+    #: the client never saw (protocol.md §3.2).
     strict: bool = False
     fresh: bool = False  # this connection (or its RESET) started from an empty state
     resets: int = 0

@@ -1,4 +1,4 @@
-"""Label and field selectors: grammar, semantics, limits and error messages (DESIGN 3.2)."""
+"""Label and field selectors: grammar, semantics, limits and error messages (protocol.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Session rules of DESIGN 3.2-3.4 through the sans-IO harness (no sleeping, no sockets)."""
+"""Session rules of protocol.md §3.2-3.4 through the sans-IO harness (no sleeping, no sockets)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Selector transitions (DESIGN 3.2) keep a filtered client's cache exact: for random label
+"""Selector transitions (protocol.md §3.2) keep a filtered client's cache exact: for random label
 changes, selectors, disconnects and resumes, a client that builds its local cache only from its
 own events holds exactly the objects its selector matches, whenever it has read everything."""
 

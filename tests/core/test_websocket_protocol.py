@@ -1,4 +1,4 @@
-"""The WebSocket protocol's sans-IO rules (DESIGN 4)."""
+"""The WebSocket protocol's sans-IO rules (protocol.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Malformed requests against every example app as a real server process (DESIGN 5.5).
+"""Malformed requests against every example app as a real server process (protocol.md §5.5).
 
 A seeded, bounded generator sends hostile bodies (deep nesting, huge, truncated, wrong
 types, invalid UTF-8), headers, query strings (bad selectors, resourceVersions, unknown

@@ -1,4 +1,4 @@
-"""Long poll (DESIGN 3.6), a first version on the same cursor as the streams."""
+"""Long poll (protocol.md §3.6), a first version on the same cursor as the streams."""
 
 from __future__ import annotations
 

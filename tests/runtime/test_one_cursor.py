@@ -1,4 +1,4 @@
-"""One cursor for every transport (DESIGN 5.1): a client that moves between SSE, JSON lines,
+"""One cursor for every transport (protocol.md §5.1): a client that moves between SSE, JSON lines,
 long poll and WebSocket at random points, while events are published before and during each
 connection, sees every event exactly once and in order."""
 

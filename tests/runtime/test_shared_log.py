@@ -76,7 +76,7 @@ async def test_a_change_on_one_node_reaches_watchers_on_another() -> None:
 
 
 async def test_reads_on_any_node_see_every_acknowledged_write() -> None:
-    """A list without an rv is served at least at the log's head (DESIGN 3.1)."""
+    """A list without an rv is served at least at the log's head (protocol.md §3.1)."""
     log = MemoryLog()
     async with nodes(log, 2) as (a, b):
         for i in range(20):

@@ -1,4 +1,4 @@
-"""Snapshot + watch is race-free (DESIGN 5.2): list, then watch from the list's rv, while
+"""Snapshot + watch is race-free (protocol.md §5.2): list, then watch from the list's rv, while
 other threads publish; nothing published in between is lost or repeated."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""WebSocket watches (DESIGN 4) through the Starlette adapter, in memory with a fake clock:
+"""WebSocket watches (protocol.md §4) through the Starlette adapter, in memory with a fake clock:
 every rule, close code and limit, and no subscription or task left behind."""
 
 from __future__ import annotations
