@@ -99,6 +99,9 @@ class HubStatistics(NamedTuple):
     evicted_young: int
     #: Times this node reloaded a shared log because it had fallen behind its retention.
     follower_reloads: int = 0
+    #: Frames a publish wrote to an idle watch's connection itself (the direct write path),
+    #: without waking the watch's task.
+    direct_writes: int = 0
 
 
 class Resource(ResourceSpec):
@@ -549,6 +552,7 @@ class Hub(Node):
                 cached_objects=sum(len(log.state) for log in state.logs.values()),
                 evicted_young=sum(log.evicted_young for log in state.logs.values()),
                 follower_reloads=0 if self._replica is None else self._replica.reloads,
+                direct_writes=self.direct_writes,
             )
 
     # -- requests (the adapter contract: see watchroutes.adapters) ----------------------------

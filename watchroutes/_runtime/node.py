@@ -202,6 +202,8 @@ class Node:
         self._random = random.Random()
         #: Whether a started hub chains SIGINT/SIGTERM to its shutdown (``lifecycle``).
         self.handle_signals = True
+        #: Frames written by a publish straight to an idle watch (``stream``'s direct path).
+        self.direct_writes = 0
 
     # -- the event loop and other threads ------------------------------------------------------
 

@@ -15,11 +15,12 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.lowlevel
 
+from .._core.events import Frame
 from .._core.params import Mode, WatchRequest
 from .._core.registry import CloseReason, Subscription
 from .._core.session import WatchSession
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from .node import Node, ResourceSpec
 
 __all__ = [
+    "DIRECT_EXTENSION",
+    "AsgiDirectWriter",
+    "DirectWriter",
+    "http_chunk",
     "Disconnected",
     "WatchStream",
     "open_session",
@@ -51,12 +56,71 @@ class Disconnected(Exception):
     """Raised by an adapter's ``send`` when the peer is gone."""
 
 
+class DirectWriter(Protocol):
+    """The connection of a pushed watch, offered by an adapter that owns it: the direct write
+    path. A publish that finds the watch idle (its task waiting, nothing queued, nothing due)
+    writes the event's frame here, in the publishing call, instead of queueing it and waking
+    the task. Both methods are called on the event loop's thread, between the task's writes.
+    """
+
+    def writable(self) -> bool:
+        """Whether the connection takes bytes now without waiting: open, under its transport's
+        high-water mark, everything the task sent already handed to the transport."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Frame ``data`` as the response body's next bytes and hand it to the transport, now
+        (raise ``OSError`` if the connection is gone)."""
+        ...
+
+
+#: The ASGI scope extension (``scope["extensions"][DIRECT_EXTENSION]``) under which a server
+#: offers a request's connection to the direct write path, as an :class:`AsgiDirectWriter`
+#: (``watchroutes.adapters.uvicorn``'s protocols do).
+DIRECT_EXTENSION: Final = "watchroutes.direct"
+
+
+class AsgiDirectWriter(DirectWriter, Protocol):
+    """A :class:`DirectWriter` offered by an ASGI server, which sees only what reaches it
+    through the app's middleware: the app names each body it sends, and the writer takes bytes
+    only while the last body named is the last one the server wrote (a middleware that
+    rewrites or holds bodies keeps the watch on the plain path)."""
+
+    def pushing(self, body: bytes) -> None:
+        """The app is about to ``send`` ``body`` (an ``http.response.body`` message)."""
+        ...
+
+
+class _Chunks:
+    """HTTP/1.1 chunked framing with the last result kept: a publish writes one frame to many
+    watchers in a row, so the framed bytes are built once per event, not once per watcher."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[bytes, bytes] = (b"", b"")
+
+    def __call__(self, data: bytes) -> bytes:
+        last = self._last  # one read of a tuple: safe whatever other loops do meanwhile
+        if last[0] is data:
+            return last[1]
+        chunk = b"%x\r\n%b\r\n" % (len(data), data)
+        self._last = (data, chunk)
+        return chunk
+
+
+#: ``http_chunk(data)``: ``data`` as one HTTP/1.1 chunk (for a :class:`DirectWriter` that
+#: frames a chunked body itself). Not for empty data, which would end the body.
+http_chunk: Final = _Chunks()
+
+
 class WatchStream:
     """A prepared watch: its session and subscription, ready to be pumped."""
 
     __slots__ = (
         "_alarm",
         "_cancelled",
+        "_direct",
         "_finished",
         "_interrupted",
         "_scope",
@@ -86,6 +150,7 @@ class WatchStream:
         self.meter = WatchMeter(hub.metrics, hub.clock, resource, transport, subscription)
         self._scope: anyio.CancelScope | None = None
         self._alarm: Alarm | None = None
+        self._direct: DirectWriter | None = None
         self._cancelled = False
         self._interrupted: CloseReason | None = None
         self._finished = False
@@ -145,8 +210,13 @@ class WatchStream:
         self.admission.release()
         hub.call(hub.untrack, self)  # on the loop: shutdown may be waiting for it
 
-    async def run(self, send: Send) -> None:
-        """Write the stream with ``send`` until it ends; never raises for a vanished peer."""
+    async def run(self, send: Send, direct: DirectWriter | None = None) -> None:
+        """Write the stream with ``send`` until it ends; never raises for a vanished peer.
+
+        With ``direct``, a publish that finds the watch idle writes its frame there at once
+        (see :class:`DirectWriter`); everything else still goes through ``send``.
+        """
+        self._direct = direct
         reason = CloseReason.CLIENT
         with anyio.CancelScope() as scope:
             self._scope = scope
@@ -161,6 +231,7 @@ class WatchStream:
             except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 reason = CloseReason.CLIENT
             finally:
+                self.subscription.direct = None
                 alarm.close()
                 if timed_out or alarm.timed_out:
                     reason = CloseReason.ERROR
@@ -219,11 +290,38 @@ class WatchStream:
         session = self.session
         return (session.close_reason or CloseReason.TIMEOUT) if session.closed else None
 
+    def _deliver(self, frame: Frame) -> bool:
+        """The direct write path (``Subscription.direct``): write ``frame`` now if the task is
+        idle and the connection takes it, or return False (it is queued, the task woken)."""
+        alarm = self._alarm
+        direct = self._direct
+        if alarm is None or direct is None or not alarm.idle or not direct.writable():
+            return False
+        hub = self.hub
+        if not hub.on_loop_thread():  # (a transport is the loop's alone)
+            return False
+        data = self.session.deliver(frame, hub.clock.now())
+        if data is None:
+            return False
+        try:
+            direct.write(data)
+        except Exception:  # the connection broke under the write: the peer is gone
+            logger.debug("watch %s: direct write failed", self.subscription.id, exc_info=True)
+            self.interrupt(CloseReason.CLIENT)
+            return True
+        hub.direct_writes += 1
+        meter = self.meter
+        if meter.per_write:
+            meter.wrote(len(data), frame.time)
+        return True
+
     async def _pump(self, send: Send, alarm: Alarm) -> CloseReason:
         session = self.session
         sub = self.subscription
         sub.waker = alarm.set
         sub.on_close = self._closed
+        if self._direct is not None:
+            sub.direct = self._deliver
         write = alarm.write
         while True:
             data, oldest = self.take()
@@ -279,9 +377,13 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
 
 
 async def serve(
-    stream: WatchStream, send: Send, wait_disconnect: Callable[[], Awaitable[None]]
+    stream: WatchStream,
+    send: Send,
+    wait_disconnect: Callable[[], Awaitable[None]],
+    direct: DirectWriter | None = None,
 ) -> None:
-    """Run ``stream`` until it ends or ``wait_disconnect`` returns (the peer left).
+    """Run ``stream`` until it ends or ``wait_disconnect`` returns (the peer left); with
+    ``direct``, on the direct write path (:meth:`WatchStream.run`).
 
     The peer is watched by a second task, which ASGI needs to notice a disconnect. On
     asyncio that is a bare task (an anyio task group per watch costs 7-8 KiB of memory per
@@ -290,7 +392,7 @@ async def serve(
     if on_asyncio():
         peer = asyncio.ensure_future(_watch_peer(stream, wait_disconnect))
         try:
-            await stream.run(send)
+            await stream.run(send, direct)
         finally:
             peer.cancel()
         return
@@ -301,7 +403,7 @@ async def serve(
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch_peer)
-        await stream.run(send)
+        await stream.run(send, direct)
         tg.cancel_scope.cancel()
 
 

@@ -13,7 +13,9 @@ An adapter translates; every rule lives in the hub. It reads a request into a
   - *push*: ``await reply.stream.run(send)``, where ``send(data)`` writes and flushes and
     raises :class:`Disconnected` once the peer is gone; :func:`serve` races it against a
     ``wait_disconnect()`` for servers that report a departed peer only through a receive
-    channel (ASGI);
+    channel (ASGI). An adapter that owns the connection also passes a :class:`DirectWriter`
+    (``run(send, direct)``): a publish then writes to an idle watch itself, without waking its
+    task (the direct write path; :func:`http_chunk` frames a chunked body);
   - *pull*: ``async for chunk in stream_chunks(reply.stream)``, for responses that consume an
     async iterator (``aclose()`` it when the response ends);
   - *blocking*: :func:`wsgi_body` (a WSGI response iterable) with the hub's loop running in a
@@ -54,8 +56,12 @@ from .._runtime.reply import BodyLimit as BodyLimit
 from .._runtime.reply import Reply as Reply
 from .._runtime.reply import decode_json as decode_json
 from .._runtime.reply import error_reply as _error_reply
+from .._runtime.stream import DIRECT_EXTENSION as DIRECT_EXTENSION
+from .._runtime.stream import AsgiDirectWriter as AsgiDirectWriter
+from .._runtime.stream import DirectWriter as DirectWriter
 from .._runtime.stream import Disconnected as Disconnected
 from .._runtime.stream import WatchStream as WatchStream
+from .._runtime.stream import http_chunk as http_chunk
 from .._runtime.stream import serve as serve
 from .._runtime.stream import stream_chunks as stream_chunks
 from .._runtime.websocket import Socket as Socket
@@ -63,9 +69,12 @@ from .._runtime.websocket import WebSocketLimits as WebSocketLimits
 from .._runtime.websocket import WebSocketRequest as WebSocketRequest
 
 __all__ = (
+    "DIRECT_EXTENSION",
+    "AsgiDirectWriter",
     "BodyLimit",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_JSON_DEPTH",
+    "DirectWriter",
     "Disconnected",
     "Hub",
     "HubThread",
@@ -77,6 +86,7 @@ __all__ = (
     "WebSocketLimits",
     "WebSocketRequest",
     "decode_json",
+    "http_chunk",
     "is_watch",
     "mounted",
     "serve",
