@@ -46,7 +46,9 @@ from typing import Any, Final, TypeVar
 
 try:
     from aiohttp import WSMsgType, hdrs, web
+    from aiohttp.abc import AbstractStreamWriter
     from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.http_writer import StreamWriter
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
@@ -65,6 +67,7 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    http_chunk,
     is_watch,
     mounted,
     status_reply,
@@ -152,10 +155,53 @@ async def reply_response(request: web.Request, reply: Reply) -> web.StreamRespon
     if stream is not None:
         # (a peer that left makes the writer raise ConnectionResetError, an OSError, which
         # ends the watch; see the module docstring)
-        await stream.run(writer.write)
+        await stream.run(writer.write, _DirectWriter.of(writer))
     with contextlib.suppress(OSError):
         await response.write_eof()
     return response
+
+
+class _DirectWriter:
+    """The direct write path on aiohttp's own response writer: a publish frames the event and
+    hands it to the transport, as ``StreamWriter.write`` would, without waking the watch."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: StreamWriter) -> None:
+        self._writer = writer
+
+    @classmethod
+    def of(cls, writer: AbstractStreamWriter) -> _DirectWriter | None:
+        """The direct writer of ``writer`` when it writes bytes as they are given (aiohttp's
+        own writer, headers sent, no compression, no declared length, no per-write hooks);
+        ``None`` otherwise, and the watch writes through ``writer.write`` alone."""
+        if type(writer) is not StreamWriter:
+            return None
+        plain = (
+            getattr(writer, "_compress", True) is None
+            and getattr(writer, "_on_chunk_sent", True) is None
+            and getattr(writer, "on_body_write", True) is None
+            and getattr(writer, "_headers_written", False)
+            and writer.length is None
+        )
+        return cls(writer) if plain else None
+
+    def writable(self) -> bool:
+        writer = self._writer
+        transport = writer.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and not writer.protocol.writing_paused  # over the transport's high-water mark
+        )
+
+    def write(self, data: bytes) -> None:
+        writer = self._writer
+        transport = writer.transport
+        if transport is None:
+            raise ConnectionResetError("the connection is closed")
+        writer.output_size += len(data)  # (what the access log reports)
+        transport.write(http_chunk(data) if writer.chunked else data)
 
 
 def _add_vary(response: web.StreamResponse) -> None:

@@ -49,6 +49,8 @@ from .. import BadRequest, ClientError
 from . import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
+    DIRECT_EXTENSION,
+    AsgiDirectWriter,
     BodyLimit,
     Disconnected,
     Reply,
@@ -124,9 +126,15 @@ class ReplyResponse(Response):
             else:
                 await send({"type": "http.response.body", "body": reply.body})
             return
+        # A server that offers the connection (watchroutes.adapters.uvicorn's protocols)
+        # lets a publish write to this watch while it is idle; each body sent here is named
+        # to it first, so it can tell that the middleware between passes bodies unchanged.
+        direct: AsgiDirectWriter | None = scope.get("extensions", {}).get(DIRECT_EXTENSION)
         try:
             await send(start)
             # The first chunk flushes the headers at once, even when it is empty.
+            if direct is not None:
+                direct.pushing(reply.body)
             await send({"type": "http.response.body", "body": reply.body, "more_body": True})
         except BaseException:
             stream.discard()
@@ -136,11 +144,18 @@ class ReplyResponse(Response):
             # (an OSError from the server, its way of saying the peer is gone, ends the watch)
             return send({"type": "http.response.body", "body": data, "more_body": True})
 
+        if direct is not None:
+            pushing = direct.pushing
+
+            def send_bytes(data: bytes) -> Awaitable[None]:
+                pushing(data)
+                return send({"type": "http.response.body", "body": data, "more_body": True})
+
         async def wait_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        await serve(stream, send_bytes, wait_disconnect)
+        await serve(stream, send_bytes, wait_disconnect, direct)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -10,33 +10,166 @@ harmless::
 
     config = uvicorn.Config(app, host="127.0.0.1", port=8000)
     Server(config, hubs=[hub]).run()
+
+It also serves on the **direct write path** (``docs/operations.md``): its HTTP protocols
+(:class:`HttpToolsProtocol`, :class:`H11Protocol`, uvicorn's own with one addition) offer each
+request's connection to the app as the ASGI extension ``watchroutes.direct``, and the
+Starlette adapter's watches then take a publish's frame straight to the socket of an idle
+watcher instead of waking its task. Under the ``uvicorn`` command the same protocols are one
+option away::
+
+    uvicorn app:app --http watchroutes.adapters.uvicorn:HttpToolsProtocol
+
+Any other server (hypercorn, daphne) or a middleware that changes response bodies leaves the
+watches on the plain ASGI path, which behaves the same, a task per watcher.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 try:
+    import h11
     import uvicorn
+    from uvicorn.protocols.http import h11_impl
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.uvicorn needs uvicorn: pip install 'watchroutes[server]'"
     ) from exc
 
-from . import Hub
+from . import DIRECT_EXTENSION, Hub, http_chunk
 
-__all__ = ["Server"]
+__all__ = ["H11Protocol", "HttpToolsProtocol", "Server"]
+
+
+class _Direct:
+    """One request's connection on the direct write path (the adapter contract's
+    ``AsgiDirectWriter``).
+
+    It writes only while the app's own sends reach the server unchanged. The app names each
+    body before it sends it (:meth:`pushing`); the server's ``send``, wrapped, compares what it
+    is given. The path opens once a non-empty body arrived as the very object the app named,
+    and closes for good when one arrives as any other object or the response carries a
+    ``Content-Encoding``: a middleware that rewrites bodies (compression) keeps the watch on
+    the ASGI path. A middleware that carries bodies through another task is seen as well: the
+    server has not written the last body named, so the path waits for it.
+    """
+
+    __slots__ = ("_cycle", "_frame", "_open", "_pushed", "_send", "_shut", "_written")
+
+    def __init__(self, cycle: Any, h11_conn: h11.Connection | None) -> None:
+        self._cycle = cycle
+        #: h11 frames the body itself (its state must see every byte); httptools' cycle
+        #: writes HTTP/1.1 chunks, as :func:`http_chunk` does.
+        self._frame = h11_conn
+        self._send = cycle.send
+        self._pushed: object = None
+        self._written: object = None
+        self._open = False
+        self._shut = False
+        cycle.send = self.send
+
+    async def send(self, message: Any) -> None:
+        await self._send(message)
+        kind = message["type"]
+        if kind == "http.response.body":
+            body = message.get("body", b"")
+            self._written = body
+            if body and not self._shut:
+                if body is self._pushed:
+                    self._open = True
+                else:
+                    self._open = False
+                    self._shut = True
+        elif kind == "http.response.start":
+            for name, _ in message.get("headers", ()):
+                if name.lower() == b"content-encoding":
+                    self._shut = True
+
+    def pushing(self, body: bytes) -> None:
+        """The app is sending ``body`` through ``send`` (the same object, unless rewritten)."""
+        self._pushed = body
+
+    def writable(self) -> bool:
+        cycle = self._cycle
+        return (
+            self._open
+            and self._written is self._pushed
+            and cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not cycle.flow.write_paused  # over the transport's high-water mark
+            and not cycle.transport.is_closing()
+            and (self._frame is not None or cycle.chunked_encoding is True)
+        )
+
+    def write(self, data: bytes) -> None:
+        conn = self._frame
+        if conn is None:
+            self._cycle.transport.write(http_chunk(data))
+        else:
+            self._cycle.transport.write(conn.send(h11.Data(data=data)))
+
+
+def _offer(scope: Any, cycle: Any, h11_conn: h11.Connection | None) -> None:
+    if cycle is not None and cycle.scope is scope and scope.get("method") == "GET":
+        scope.setdefault("extensions", {})[DIRECT_EXTENSION] = _Direct(cycle, h11_conn)
+
+
+class H11Protocol(h11_impl.H11Protocol):
+    """uvicorn's h11 protocol, offering each GET's connection to the direct write path."""
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not before:  # (at most one request starts per call: h11 pauses after it)
+            _offer(self.scope, cycle, self.conn)
+
+
+if importlib.util.find_spec("httptools") is not None:
+    from uvicorn.protocols.http import httptools_impl
+
+    class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+        """uvicorn's httptools protocol, offering each GET's connection to the direct write
+        path."""
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            _offer(self.scope, self.cycle, None)
+
+else:  # pragma: no cover - uvicorn without httptools
+    HttpToolsProtocol = H11Protocol  # type: ignore[misc,assignment]
+
+
+def _direct_protocol(http: object) -> object:
+    """The protocol with the direct write path that stands for uvicorn's ``http`` setting."""
+    if http == "h11":
+        return H11Protocol
+    if http in ("auto", "httptools"):
+        return HttpToolsProtocol
+    return http  # the app's own protocol class: left as it is
 
 
 class Server(uvicorn.Server):
-    """A ``uvicorn.Server`` that shuts its hubs down first, and can announce readiness."""
+    """A ``uvicorn.Server`` that shuts its hubs down first, can announce readiness, and
+    serves watches on the direct write path (``direct=False``: uvicorn's own protocols)."""
 
     def __init__(
-        self, config: uvicorn.Config, *, hubs: Iterable[Hub], announce: bool = False
+        self,
+        config: uvicorn.Config,
+        *,
+        hubs: Iterable[Hub],
+        announce: bool = False,
+        direct: bool = True,
     ) -> None:
+        if direct:
+            config.http = _direct_protocol(config.http)  # type: ignore[assignment]
         super().__init__(config)
         self.hubs = list(hubs)
         self.announce = announce
