@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -27,7 +27,8 @@ from .._core.session import WatchSession
 from .._core.wire import Wire
 from .._core.wire.jsonlines import JsonLinesWire
 from .._core.wire.sse import SseWire
-from .alarm import Alarm, make_alarm, on_asyncio
+from .alarm import Alarm, EventAlarm, LoopAlarm, make_alarm, on_asyncio
+from .clock import SystemClock
 from .guard import OPEN, Admission
 from .meter import WatchMeter
 
@@ -82,12 +83,36 @@ DIRECT_EXTENSION: Final = "watchroutes.direct"
 
 class AsgiDirectWriter(DirectWriter, Protocol):
     """A :class:`DirectWriter` offered by an ASGI server, which sees only what reaches it
-    through the app's middleware: the app names each body it sends, and the writer takes bytes
-    only while the last body named is the last one the server wrote (a middleware that
-    rewrites or holds bodies keeps the watch on the plain path)."""
+    through the app's middleware. The app names each body it sends (:meth:`pushing`), and the
+    writer takes bytes only while the last body named is the last one the server wrote (a
+    middleware that rewrites or holds bodies keeps the watch on the plain path).
+
+    The server also tells the app when the connection is lost (:meth:`on_lost`: no task
+    listening on ``receive`` is needed), and takes the rest of a response over
+    (:meth:`detach`): the app returns, which releases its middleware's frames for the life of
+    the watch, and the server runs the watch, writing with :meth:`send_body` and :meth:`end`.
+    """
 
     def pushing(self, body: bytes) -> None:
         """The app is about to ``send`` ``body`` (an ``http.response.body`` message)."""
+        ...
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` when the connection is lost (at once if it is); ``None``: no
+        longer."""
+        ...
+
+    def detach(self, run: Callable[[], Awaitable[None]], discard: Callable[[], None]) -> bool:
+        """Run ``run()`` once the app returned (``discard()`` if it fails after all); False
+        when the server cannot take the response over now (the app keeps it)."""
+        ...
+
+    async def send_body(self, data: bytes) -> None:
+        """Write ``data`` as the body's next bytes through the server's own ``send``."""
+        ...
+
+    async def end(self) -> None:
+        """End the response body."""
         ...
 
 
@@ -112,6 +137,59 @@ class _Chunks:
 #: ``http_chunk(data)``: ``data`` as one HTTP/1.1 chunk (for a :class:`DirectWriter` that
 #: frames a chunked body itself). Not for empty data, which would end the body.
 http_chunk: Final = _Chunks()
+
+
+class _Scope(Protocol):
+    """What a pump needs of a cancel scope (anyio's, or :class:`_TaskScope`)."""
+
+    @property
+    def cancel_called(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class _TaskScope:
+    """A pump's cancel scope on asyncio, for less than anyio's (its scope, host-task record
+    and callbacks cost 640 B per idle watch). ``cancel()`` wakes a waiting pump, which sees
+    ``cancel_called`` and returns; a pump in the middle of a write (a peer that does not
+    read) has its task cancelled instead, and the pump's ``run`` takes that cancellation back
+    (:meth:`took_back`). A write is an await on the adapter's send: the task is suspended in it
+    whenever ``cancel()`` runs (from another callback), so the cancellation lands inside it.
+    """
+
+    __slots__ = ("_cancelled_task", "_task", "alarm", "cancel_called")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        self.alarm: Alarm | None = None
+        self.cancel_called = False
+        self._cancelled_task = False
+
+    def cancel(self) -> None:
+        if self.cancel_called:
+            return
+        self.cancel_called = True
+        alarm = self.alarm
+        if alarm is not None and alarm.writing:
+            self._cancelled_task = True
+            self._task.cancel()
+        elif alarm is not None:
+            alarm.set()
+
+    def took_back(self) -> bool:
+        """A ``CancelledError`` reached ``run``: True if it was this scope's alone (taken
+        back), False if the task was also cancelled from outside (re-raise it)."""
+        if not self._cancelled_task:
+            return False
+        self._cancelled_task = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        """The pump is done: a cancellation the send swallowed is not left counted."""
+        if self._cancelled_task:
+            self._cancelled_task = False
+            self._task.uncancel()
+        self.alarm = None
 
 
 class WatchStream:
@@ -148,7 +226,7 @@ class WatchStream:
         self.session = session
         self.subscription = subscription
         self.meter = WatchMeter(hub.metrics, hub.clock, resource, transport, subscription)
-        self._scope: anyio.CancelScope | None = None
+        self._scope: _Scope | None = None
         self._alarm: Alarm | None = None
         self._direct: DirectWriter | None = None
         self._cancelled = False
@@ -217,28 +295,46 @@ class WatchStream:
         (see :class:`DirectWriter`); everything else still goes through ``send``.
         """
         self._direct = direct
+        hub = self.hub
+        scope: _Scope
+        task = asyncio.current_task() if on_asyncio() else None
+        if task is not None and type(hub.clock) is SystemClock:
+            scope = _TaskScope(task)
+            alarm: Alarm = LoopAlarm(hub.write_timeout, scope.cancel)
+            scope.alarm = alarm
+            await self._run(send, alarm, scope)
+        else:
+            with anyio.CancelScope() as anyio_scope:
+                alarm = EventAlarm(hub.clock, hub.write_timeout)
+                await self._run(send, alarm, anyio_scope)
+
+    async def _run(self, send: Send, alarm: Alarm, scope: _Scope) -> None:
+        self._scope = scope
+        self._alarm = alarm
+        if self._cancelled or self._interrupted is not None:
+            scope.cancel()
         reason = CloseReason.CLIENT
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            if self._cancelled or self._interrupted is not None:
-                scope.cancel()
-            alarm = self._alarm = make_alarm(self.hub.clock, self.hub.write_timeout, scope.cancel)
-            timed_out = False
-            try:
-                reason = await self._pump(send, alarm)
-            except TimeoutError:
-                timed_out = True
-            except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                reason = CloseReason.CLIENT
-            finally:
-                self.subscription.direct = None
-                alarm.close()
-                if timed_out or alarm.timed_out:
-                    reason = CloseReason.ERROR
-                    logger.info("watch %s: write timed out", self.subscription.id)
-                elif scope.cancel_called:
-                    reason = self._cancel_reason()
-                self.finish(reason)
+        timed_out = False
+        try:
+            reason = await self._pump(send, alarm, scope)
+        except TimeoutError:
+            timed_out = True
+        except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            reason = CloseReason.CLIENT
+        except asyncio.CancelledError:
+            if not isinstance(scope, _TaskScope) or not scope.took_back():
+                raise  # (anyio's scope takes its own back on exit; another's is not ours)
+        finally:
+            self.subscription.direct = None
+            alarm.close()
+            if isinstance(scope, _TaskScope):
+                scope.close()
+            if timed_out or alarm.timed_out:
+                reason = CloseReason.ERROR
+                logger.info("watch %s: write timed out", self.subscription.id)
+            elif scope.cancel_called:
+                reason = self._cancel_reason()
+            self.finish(reason)
 
     def closed_while_writing(self) -> None:
         """For a pump that cannot give up a write (the pull and blocking forms, whose
@@ -315,7 +411,7 @@ class WatchStream:
             meter.wrote(len(data), frame.time)
         return True
 
-    async def _pump(self, send: Send, alarm: Alarm) -> CloseReason:
+    async def _pump(self, send: Send, alarm: Alarm, scope: _Scope) -> CloseReason:
         session = self.session
         sub = self.subscription
         sub.waker = alarm.set
@@ -324,10 +420,13 @@ class WatchStream:
             sub.direct = self._deliver
         write = alarm.write
         while True:
+            if scope.cancel_called:  # (a _TaskScope wakes the pump rather than cancel a wait)
+                return CloseReason.CLIENT
             data, oldest = self.take()
             if data:
                 await write(send, data)
                 self.wrote(data, oldest)
+                data = b""  # (not held while the watch waits)
             if session.closed:
                 return session.close_reason or CloseReason.TIMEOUT
             if session.ready:
@@ -379,7 +478,7 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
 async def serve(
     stream: WatchStream,
     send: Send,
-    wait_disconnect: Callable[[], Awaitable[None]],
+    wait_disconnect: Callable[[], Awaitable[None]] | None,
     direct: DirectWriter | None = None,
 ) -> None:
     """Run ``stream`` until it ends or ``wait_disconnect`` returns (the peer left); with
@@ -387,8 +486,12 @@ async def serve(
 
     The peer is watched by a second task, which ASGI needs to notice a disconnect. On
     asyncio that is a bare task (an anyio task group per watch costs 7-8 KiB of memory per
-    idle watcher, measured under uvicorn); elsewhere a task group.
+    idle watcher, measured under uvicorn); elsewhere a task group. ``wait_disconnect=None``:
+    the server reports a lost connection itself (``AsgiDirectWriter.on_lost``), no task.
     """
+    if wait_disconnect is None:
+        await stream.run(send, direct)
+        return
     if on_asyncio():
         peer = asyncio.ensure_future(_watch_peer(stream, wait_disconnect))
         try:

@@ -56,6 +56,7 @@ from . import (
     Reply,
     RequestInfo,
     Resource,
+    WatchStream,
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
@@ -139,25 +140,44 @@ class ReplyResponse(Response):
         except BaseException:
             stream.discard()
             raise
-
-        def send_bytes(data: bytes) -> Awaitable[None]:
-            # (an OSError from the server, its way of saying the peer is gone, ends the watch)
-            return send({"type": "http.response.body", "body": data, "more_body": True})
-
         if direct is not None:
+            if direct.detach(functools.partial(_run_detached, stream, direct), stream.discard):
+                return  # the server runs the watch once this app (and its middleware) returned
+            direct.on_lost(stream.interrupt)
             pushing = direct.pushing
 
             def send_bytes(data: bytes) -> Awaitable[None]:
                 pushing(data)
                 return send({"type": "http.response.body", "body": data, "more_body": True})
 
-        async def wait_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            try:
+                await serve(stream, send_bytes, None, direct)
+            finally:
+                direct.on_lost(None)
+        else:
 
-        await serve(stream, send_bytes, wait_disconnect, direct)
+            def send_plain(data: bytes) -> Awaitable[None]:
+                # (an OSError from the server, its way of saying the peer is gone, ends it)
+                return send({"type": "http.response.body", "body": data, "more_body": True})
+
+            async def wait_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+
+            await serve(stream, send_plain, wait_disconnect)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _run_detached(stream: WatchStream, direct: AsgiDirectWriter) -> None:
+    """A watch the server took over: written through the server's own ``send``."""
+    direct.on_lost(stream.interrupt)
+    try:
+        await serve(stream, direct.send_body, None, direct)
+    finally:
+        direct.on_lost(None)
+    with contextlib.suppress(OSError):
+        await direct.end()
 
 
 @functools.lru_cache(maxsize=256)

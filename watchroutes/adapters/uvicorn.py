@@ -30,7 +30,7 @@ import contextlib
 import importlib.util
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 try:
@@ -58,9 +58,24 @@ class _Direct:
     ``Content-Encoding``: a middleware that rewrites bodies (compression) keeps the watch on
     the ASGI path. A middleware that carries bodies through another task is seen as well: the
     server has not written the last body named, so the path waits for it.
+
+    Once open, the app may also hand the rest of its response over (:meth:`detach`): it
+    returns, its middleware and frames are released, and the protocol runs the watch in the
+    same task, writing through the server's own ``send``. What the middleware sends after the
+    app returned is dropped (the response belongs to the watch).
     """
 
-    __slots__ = ("_cycle", "_frame", "_open", "_pushed", "_send", "_shut", "_written")
+    __slots__ = (
+        "_cycle",
+        "_detached",
+        "_frame",
+        "_lost",
+        "_open",
+        "_pushed",
+        "_send",
+        "_shut",
+        "_written",
+    )
 
     def __init__(self, cycle: Any, h11_conn: h11.Connection | None) -> None:
         self._cycle = cycle
@@ -72,9 +87,13 @@ class _Direct:
         self._written: object = None
         self._open = False
         self._shut = False
+        self._detached: tuple[Callable[[], Awaitable[None]], Callable[[], None]] | None = None
+        self._lost: Callable[[], None] | None = None
         cycle.send = self.send
 
     async def send(self, message: Any) -> None:
+        if self._detached is not None:  # the app returned; its middleware's leftovers
+            return
         await self._send(message)
         kind = message["type"]
         if kind == "http.response.body":
@@ -115,21 +134,106 @@ class _Direct:
         else:
             self._cycle.transport.write(conn.send(h11.Data(data=data)))
 
+    # -- the rest of the response, handed over -------------------------------------------------
 
-def _offer(scope: Any, cycle: Any, h11_conn: h11.Connection | None) -> None:
+    def detach(self, run: Callable[[], Awaitable[None]], discard: Callable[[], None]) -> bool:
+        """Take the rest of the response over: once the app returns, ``run()`` (or, if the
+        app fails after all, ``discard()``). Only while the path is open (every body reached
+        the server unchanged): otherwise False, and the app keeps its response."""
+        if not (self._open and self._written is self._pushed) or self._detached is not None:
+            return False
+        self._detached = (run, discard)
+        return True
+
+    async def send_body(self, data: bytes) -> None:
+        """Write ``data`` through the server's own ``send`` (after :meth:`detach`)."""
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        """End the response (after :meth:`detach`)."""
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once the connection is lost (at once if it is already); ``None``
+        forgets the one set before."""
+        if callback is not None and self._cycle.disconnected:
+            callback()
+        else:
+            self._lost = callback
+
+    def lost(self) -> None:
+        callback = self._lost
+        if callback is not None:
+            self._lost = None
+            callback()
+
+
+class _Detaching:
+    """The app as the protocol calls it: the app, then the watch it handed over."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except BaseException:
+            handed = _handed_over(scope)
+            if handed is not None:
+                handed[1]()  # the stream never runs: release it
+            raise
+        handed = _handed_over(scope)
+        if handed is not None:
+            await handed[0]()
+
+
+def _handed_over(
+    scope: Any,
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]] | None:
+    extensions = scope.get("extensions")
+    direct = None if extensions is None else extensions.get(DIRECT_EXTENSION)
+    return None if direct is None else direct._detached
+
+
+def _offer(protocol: Any, scope: Any, cycle: Any, h11_conn: h11.Connection | None) -> None:
     if cycle is not None and cycle.scope is scope and scope.get("method") == "GET":
-        scope.setdefault("extensions", {})[DIRECT_EXTENSION] = _Direct(cycle, h11_conn)
+        direct = _Direct(cycle, h11_conn)
+        scope.setdefault("extensions", {})[DIRECT_EXTENSION] = direct
+        protocol.watchroutes_direct = direct
+
+
+def _detaching(config: Any) -> _Detaching:
+    """The config's app wrapped once (every connection's protocol shares it)."""
+    app = getattr(config, "_watchroutes_detaching", None)
+    if app is None or app.app is not config.loaded_app:
+        app = _Detaching(config.loaded_app)
+        config._watchroutes_detaching = app
+    return app
 
 
 class H11Protocol(h11_impl.H11Protocol):
     """uvicorn's h11 protocol, offering each GET's connection to the direct write path."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.app = _detaching(config)
+        #: The current request's connection on the direct write path (set in __init__, so
+        #: the instance dict keeps its shared keys: adding it later cost 1.5 KiB).
+        self.watchroutes_direct: _Direct | None = None
 
     def handle_events(self) -> None:
         before = self.cycle
         super().handle_events()
         cycle = self.cycle
         if cycle is not before:  # (at most one request starts per call: h11 pauses after it)
-            _offer(self.scope, cycle, self.conn)
+            _offer(self, self.scope, cycle, self.conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.watchroutes_direct is not None:
+            self.watchroutes_direct.lost()
 
 
 if importlib.util.find_spec("httptools") is not None:
@@ -139,9 +243,19 @@ if importlib.util.find_spec("httptools") is not None:
         """uvicorn's httptools protocol, offering each GET's connection to the direct write
         path."""
 
+        def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+            super().__init__(config, *args, **kwargs)
+            self.app = _detaching(config)
+            self.watchroutes_direct: _Direct | None = None
+
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            _offer(self.scope, self.cycle, None)
+            _offer(self, self.scope, self.cycle, None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            if self.watchroutes_direct is not None:
+                self.watchroutes_direct.lost()
 
 else:  # pragma: no cover - uvicorn without httptools
     HttpToolsProtocol = H11Protocol  # type: ignore[misc,assignment]
