@@ -290,7 +290,7 @@ def run_watchroutes_aiohttp(host: str, port: int) -> None:
 
     wr = _Watchroutes()
     app = web.Application()
-    setup(app, wr.hub)
+    setup(app, wr.hub, freeze_gc=True)  # (as the uvicorn Server does)
     app.router.add_get("/orders", watch_handler(wr.orders))  # also WebSockets (idle_memory.py)
     _serve_aiohttp(app, host, port, wr.publisher, wr.stats, wr.on_start)
 

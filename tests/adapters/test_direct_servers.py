@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import httpx
@@ -74,7 +77,7 @@ def uvicorn_serving(app: Any, hub: Hub, http: str, *, direct: bool = True) -> It
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, http=http, lifespan="off", log_level="warning"
     )
-    server = Server(config, hubs=[hub], direct=direct)
+    server = Server(config, hubs=[hub], direct=direct, freeze_gc=False)  # (a test process)
     thread = threading.Thread(target=server.run, daemon=True)  # (no signals off the main thread)
     thread.start()
     deadline = time.monotonic() + 10
@@ -188,3 +191,75 @@ async def test_aiohttp_writes_each_publish_to_an_idle_watch(anyio_backend: str) 
         await server.close()
     assert names == EXPECTED
     assert hub.statistics().direct_writes == EVENTS
+
+
+class AfterReturn:
+    """A pure ASGI middleware that notes when the app returned."""
+
+    returned: ClassVar[list[str]] = []
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+        AfterReturn.returned.append(scope["path"])
+
+
+def test_a_handed_over_watch_leaves_the_middleware_and_ends_when_the_client_leaves() -> None:
+    """Under the direct protocols the app returns once the watch streams (its middleware sees
+    the request end), the protocol runs the watch, and a client that leaves releases it."""
+    hub, orders = make_hub()
+    app = Starlette(
+        routes=[Route("/orders", watch_endpoint(orders))], middleware=[Middleware(AfterReturn)]
+    )
+    AfterReturn.returned.clear()
+    with uvicorn_serving(app, hub, "httptools") as url:
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream("GET", f"{url}/orders", headers={"Accept": "text/event-stream"}) as r,
+        ):
+            lines = r.iter_lines()
+            assert next(lines).startswith("retry:")
+            assert AfterReturn.returned == ["/orders"]  # handed over: the app returned
+            assert hub.statistics().active_watches == 1
+            orders.create(order(1))
+            assert any('"o-1"' in line for line in itertools.islice(lines, 6))
+        deadline = time.monotonic() + 10  # the client left: connection_lost ends the watch
+        while hub.statistics().active_watches:
+            assert time.monotonic() < deadline, "the watch outlived its connection"
+            time.sleep(0.01)
+    assert hub.statistics().direct_writes == 1
+
+
+FREEZE_CHECK = """
+import asyncio, gc, sys
+import uvicorn
+from starlette.applications import Starlette
+from watchroutes import Hub
+from watchroutes.adapters.uvicorn import Server
+
+hub = Hub()
+server = Server(uvicorn.Config(Starlette(), host="127.0.0.1", port=0, log_level="warning"),
+                hubs=[hub], freeze_gc=sys.argv[1] == "on")
+
+async def main():
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    print(gc.get_freeze_count())
+    server.should_exit = True
+    await task
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("freeze", ["on", "off"])
+def test_the_server_freezes_the_objects_of_start_up(freeze: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FREEZE_CHECK, freeze], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    frozen = int(done.stdout.split()[-1])
+    assert (frozen > 1000) if freeze == "on" else (frozen == 0)

@@ -31,7 +31,8 @@ An adapter translates; every rule lives in the hub. It reads a request into a
   WebSocket watch on any object that has the four methods of :class:`Socket`.
 * **Lifecycle**: ``async with hub`` where the framework has a lifespan (or
   :class:`HubThread`); ``hub.begin_shutdown()`` from the server's exit signal, before it waits
-  for open connections, then ``await hub.aclose()``.
+  for open connections, then ``await hub.aclose()``. A server that watchroutes starts calls
+  :func:`freeze_startup_objects` once the app is up (shorter collector pauses).
 * **Metrics**: :func:`mounted` when a resource is mounted on a route (its series exist at 0).
 
 An adapter imports this module, the public ``watchroutes`` namespace and its own framework;
@@ -50,6 +51,7 @@ from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
 from .._runtime.hub import Hub as Hub
 from .._runtime.hub import Resource as Resource
+from .._runtime.lifecycle import freeze_startup_objects as freeze_startup_objects
 from .._runtime.reply import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from .._runtime.reply import DEFAULT_MAX_JSON_DEPTH as DEFAULT_MAX_JSON_DEPTH
 from .._runtime.reply import BodyLimit as BodyLimit
@@ -86,6 +88,7 @@ __all__ = (
     "WebSocketLimits",
     "WebSocketRequest",
     "decode_json",
+    "freeze_startup_objects",
     "http_chunk",
     "is_watch",
     "mounted",

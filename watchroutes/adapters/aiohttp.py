@@ -67,6 +67,7 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    freeze_startup_objects,
     http_chunk,
     is_watch,
     mounted,
@@ -492,16 +493,25 @@ async def serve_websocket(
 # -- the application's lifecycle ------------------------------------------------------------
 
 
-def setup(app: web.Application, *hubs: Hub) -> None:
+def setup(app: web.Application, *hubs: Hub, freeze_gc: bool = False) -> None:
     """Run ``hubs`` with ``app``: entered on startup, their streams ended on shutdown.
 
     Each hub runs in a task of its own from startup to cleanup, so aiohttp may run its
-    startup and cleanup signals in different tasks.
+    startup and cleanup signals in different tasks. With ``freeze_gc`` (for the process that
+    serves, not for a test suite: frozen objects are hidden from ``gc.get_referrers``), the
+    objects alive once the app has started are frozen out of the garbage collector's way
+    (``docs/operations.md``, "The garbage collector").
     """
     for hub in hubs:
         for resource in hub.resources.values():
             mounted(resource)
     app.cleanup_ctx.append(functools.partial(_run_hubs, hubs))
+    if freeze_gc:
+
+        async def freeze(app: web.Application) -> None:
+            freeze_startup_objects()
+
+        app.on_startup.append(freeze)
 
     async def end_streams(app: web.Application) -> None:
         for hub in hubs:

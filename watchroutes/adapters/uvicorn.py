@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.uvicorn needs uvicorn: pip install 'watchroutes[server]'"
     ) from exc
 
-from . import DIRECT_EXTENSION, Hub, http_chunk
+from . import DIRECT_EXTENSION, Hub, freeze_startup_objects, http_chunk
 
 __all__ = ["H11Protocol", "HttpToolsProtocol", "Server"]
 
@@ -271,8 +271,9 @@ def _direct_protocol(http: object) -> object:
 
 
 class Server(uvicorn.Server):
-    """A ``uvicorn.Server`` that shuts its hubs down first, can announce readiness, and
-    serves watches on the direct write path (``direct=False``: uvicorn's own protocols)."""
+    """A ``uvicorn.Server`` that shuts its hubs down first, can announce readiness, serves
+    watches on the direct write path (``direct=False``: uvicorn's own protocols), and freezes
+    the objects of start-up out of the garbage collector's way (``freeze_gc=False``: not)."""
 
     def __init__(
         self,
@@ -281,12 +282,14 @@ class Server(uvicorn.Server):
         hubs: Iterable[Hub],
         announce: bool = False,
         direct: bool = True,
+        freeze_gc: bool = True,
     ) -> None:
         if direct:
             config.http = _direct_protocol(config.http)  # type: ignore[assignment]
         super().__init__(config)
         self.hubs = list(hubs)
         self.announce = announce
+        self.freeze_gc = freeze_gc
 
     @property
     def url(self) -> str:
@@ -309,6 +312,8 @@ class Server(uvicorn.Server):
         for hub in self.hubs:
             hub.bind()
         await super().startup(sockets)
+        if self.started and self.freeze_gc:
+            freeze_startup_objects()
         if self.started and self.announce:
             print(f"ready {self.url}", flush=True)
             sys.stdout.flush()
