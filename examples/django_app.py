@@ -89,8 +89,8 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
         async def wrapper(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
             try:
                 if request.method != "OPTIONS":  # a CORS preflight carries no credentials
-                    query = request.GET.get("access_token") if request.method == "GET" else None
-                    check_token(settings, request.headers.get("authorization"), query)
+                    # (before a write reads its body)
+                    check_token(settings, request_info(request).auth())
                 response: HttpResponseBase = await view(request, **kwargs)
             except ClientError as exc:
                 return error_response(exc)
@@ -152,12 +152,8 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
     configure(urlconf)
     from django.core.asgi import get_asgi_application
 
-    def authorize(token: str | None) -> None:
-        check_token(settings, None, token)
-
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    check = authorize if settings.token is not None else None
-    return asgi(get_asgi_application(), hub, authorize=check, max_body=MAX_BODY), hub
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
+    return asgi(get_asgi_application(), hub, max_body=MAX_BODY), hub
 
 
 def main(settings: Settings) -> None:

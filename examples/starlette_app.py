@@ -26,7 +26,6 @@ from .orders import (
     Settings,
     Writes,
     check_patch_type,
-    check_socket_token,
     check_token,
     make_hub,
     metrics_text,
@@ -53,11 +52,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 if request.method == "OPTIONS":  # a preflight carries no credentials
                     return await endpoint(request)
-                check_token(
-                    settings,
-                    request.headers.get("authorization"),
-                    request.query_params.get("access_token") if request.method == "GET" else None,
-                )
+                check_token(settings, auth(request))  # before a write reads its body
                 return await endpoint(request)
             except ClientError as exc:
                 return error_response(exc)
@@ -130,18 +125,11 @@ def create_app(settings: Settings) -> Starlette:
             return error_response(NotFound(f"no route for {request.url.path[:200]}"))
         return JSONResponse({"message": exc.detail}, status_code=exc.status_code)
 
-    def authorize(websocket: object, token: str | None) -> None:
-        check_socket_token(settings, websocket, token)
-
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    check = authorize if settings.token is not None else None
-
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
     app = Starlette(
         routes=[
-            WebSocketRoute("/orders", websocket_endpoint(orders, authorize=check)),
-            WebSocketRoute(
-                "/orders/{name}", websocket_endpoint(orders, key="name", authorize=check)
-            ),
+            WebSocketRoute("/orders", websocket_endpoint(orders)),
+            WebSocketRoute("/orders/{name}", websocket_endpoint(orders, key="name")),
             Route("/", page),
             Route("/metrics", metrics),
             Route("/orders", guarded(collection), methods=["GET", "POST", *cors]),
