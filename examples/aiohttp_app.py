@@ -31,6 +31,9 @@ from watchroutes.adapters.aiohttp import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -129,6 +132,9 @@ def create_app(settings: Settings) -> web.Application:
     async def page(request: web.Request) -> web.StreamResponse:
         return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
 
+    async def browser_module(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=BROWSER_MODULE, headers={"content-type": BROWSER_MODULE_TYPE})
+
     async def metrics(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=metrics_text(hub),
@@ -144,6 +150,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_startup.append(seed)
     # GET routes take HEAD too: the same answer without its body (no watch)
     app.router.add_get("/", page)
+    app.router.add_get(BROWSER_MODULE_PATH, browser_module)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/orders", list_orders)
     app.router.add_post("/orders", create_order)

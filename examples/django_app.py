@@ -31,6 +31,9 @@ from watchroutes.adapters.django import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -129,6 +132,9 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
     async def page(request: HttpRequest) -> HttpResponse:
         return HttpResponse(PAGE, content_type="text/html; charset=utf-8")
 
+    async def browser_module(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(BROWSER_MODULE, content_type=BROWSER_MODULE_TYPE)
+
     async def metrics(request: HttpRequest) -> HttpResponse:
         return HttpResponse(
             metrics_text(hub), content_type="text/plain; version=0.0.4; charset=utf-8"
@@ -143,6 +149,7 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
     urlconf = ModuleType("orders_urls")  # what urls.py would be
     urlconf.urlpatterns = [  # type: ignore[attr-defined]
         path("", page),
+        path(BROWSER_MODULE_PATH.lstrip("/"), browser_module),
         path("metrics", metrics),
         path("orders", guarded(collection)),
         path("orders/<str:name>", guarded(item)),

@@ -23,6 +23,9 @@ from watchroutes.adapters.starlette import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -91,6 +94,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
         return Response(PAGE, media_type="text/html; charset=utf-8")
+
+    @app.api_route(BROWSER_MODULE_PATH, methods=["GET", "HEAD"], include_in_schema=False)
+    async def browser_module() -> Response:
+        return Response(BROWSER_MODULE, media_type=BROWSER_MODULE_TYPE)
 
     @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
     async def metrics() -> Response:

@@ -31,6 +31,9 @@ from watchroutes.adapters.flask import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -140,6 +143,10 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
     @app.get("/")
     def page() -> Response:
         return Response(PAGE, mimetype="text/html")
+
+    @app.get(BROWSER_MODULE_PATH)
+    def browser_module() -> Response:
+        return Response(BROWSER_MODULE, content_type=BROWSER_MODULE_TYPE)
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from watchroutes import (
 from watchroutes.prometheus import PrometheusMetrics
 
 PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
+#: watchroutes.js, the browser module the page imports its Informer from (the wheel ships it;
+#: watchroutes.client.browser_module() returns the same bytes, with the client extra), served
+#: at :data:`BROWSER_MODULE_PATH` with a JavaScript type (browsers refuse a module without).
+BROWSER_MODULE = resources.files("watchroutes").joinpath("static/watchroutes.js").read_bytes()
+BROWSER_MODULE_PATH = "/static/watchroutes.js"
+BROWSER_MODULE_TYPE = "text/javascript; charset=utf-8"
 #: The largest body a write reads (the adapters' ``read_body`` stops reading past it).
 MAX_BODY = 1024 * 1024
 PATCH_TYPES = ("application/merge-patch+json", "application/json")

@@ -21,6 +21,9 @@ from watchroutes.adapters.starlette import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -113,6 +116,9 @@ def create_app(settings: Settings) -> Starlette:
     async def page(request: Request) -> Response:
         return Response(PAGE, media_type="text/html; charset=utf-8")
 
+    async def browser_module(request: Request) -> Response:
+        return Response(BROWSER_MODULE, media_type=BROWSER_MODULE_TYPE)
+
     async def metrics(request: Request) -> Response:
         return Response(metrics_text(hub), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -131,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/orders", websocket_endpoint(orders)),
             WebSocketRoute("/orders/{name}", websocket_endpoint(orders, key="name")),
             Route("/", page),
+            Route(BROWSER_MODULE_PATH, browser_module),
             Route("/metrics", metrics),
             Route("/orders", guarded(collection), methods=["GET", "POST", *cors]),
             Route(
