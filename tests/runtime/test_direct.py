@@ -280,3 +280,31 @@ def test_http_chunk_frames_once_per_event() -> None:
     assert chunk == b"10\r\n" + data + b"\r\n"
     assert http_chunk(data) is chunk  # the next watcher of the same event shares it
     assert http_chunk(b"x") == b"1\r\nx\r\n"
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_the_in_memory_client_serves_as_the_direct_protocols_do(direct: bool) -> None:
+    """``WatchClient`` serves a GET as watchroutes' uvicorn protocols do (the direct write path
+    and the hand-over), or, with ``direct=False``, as any other ASGI server."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from watchroutes.adapters.starlette import watch_endpoint
+    from watchroutes.testing import WatchClient
+
+    hub = Hub(heartbeat=60)
+    orders = hub.resource("orders", kind="Order")
+    app = Starlette(routes=[Route("/orders", watch_endpoint(orders))])
+    client = WatchClient(app, direct=direct)
+    headers = {"accept": "text/event-stream"}
+    async with client.stream("GET", "/orders", headers=headers) as response:
+        await settle()  # the initial events are written: the watch waits
+        for i in range(3):
+            orders.create(order(f"o-{i}"))
+            await anyio.lowlevel.checkpoint()
+        got = [e for e in await response.take(4) if e["type"] != "BOOKMARK"]
+    assert [e["object"]["metadata"]["name"] for e in got] == ["o-0", "o-1", "o-2"]
+    assert hub.statistics().direct_writes == (3 if direct else 0)
+    with anyio.fail_after(5):
+        while hub.statistics().active_watches:  # the client left: released
+            await anyio.lowlevel.checkpoint()

@@ -47,6 +47,8 @@ from .._core.params import Mode as _Mode
 from .._core.params import is_watch as _is_watch
 from .._public import present_as_public as _present_as_public
 from .._runtime.answers import RequestInfo as RequestInfo
+from .._runtime.asgi_direct import AsgiDirect as AsgiDirect
+from .._runtime.asgi_direct import run_app as run_app
 from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
 from .._runtime.hub import Hub as Hub
@@ -72,6 +74,7 @@ from .._runtime.websocket import WebSocketRequest as WebSocketRequest
 
 __all__ = (
     "DIRECT_EXTENSION",
+    "AsgiDirect",
     "AsgiDirectWriter",
     "BodyLimit",
     "DEFAULT_MAX_BODY_BYTES",
@@ -92,6 +95,7 @@ __all__ = (
     "http_chunk",
     "is_watch",
     "mounted",
+    "run_app",
     "serve",
     "status_reply",
     "stream_chunks",

@@ -30,7 +30,7 @@ import contextlib
 import importlib.util
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 try:
@@ -42,90 +42,38 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "watchroutes.adapters.uvicorn needs uvicorn: pip install 'watchroutes[server]'"
     ) from exc
 
-from . import DIRECT_EXTENSION, Hub, freeze_startup_objects, http_chunk
+from . import DIRECT_EXTENSION, AsgiDirect, Hub, freeze_startup_objects, http_chunk, run_app
 
 __all__ = ["H11Protocol", "HttpToolsProtocol", "Server"]
 
 
-class _Direct:
-    """One request's connection on the direct write path (the adapter contract's
-    ``AsgiDirectWriter``).
+class _Direct(AsgiDirect):
+    """One uvicorn response's connection on the direct write path (its rules: the contract's
+    ``AsgiDirect``)."""
 
-    It writes only while the app's own sends reach the server unchanged. The app names each
-    body before it sends it (:meth:`pushing`); the server's ``send``, wrapped, compares what it
-    is given. The path opens once a non-empty body arrived as the very object the app named,
-    and closes for good when one arrives as any other object or the response carries a
-    ``Content-Encoding``: a middleware that rewrites bodies (compression) keeps the watch on
-    the ASGI path. A middleware that carries bodies through another task is seen as well: the
-    server has not written the last body named, so the path waits for it.
-
-    Once open, the app may also hand the rest of its response over (:meth:`detach`): it
-    returns, its middleware and frames are released, and the protocol runs the watch in the
-    same task, writing through the server's own ``send``. What the middleware sends after the
-    app returned is dropped (the response belongs to the watch).
-    """
-
-    __slots__ = (
-        "_cycle",
-        "_detached",
-        "_frame",
-        "_lost",
-        "_open",
-        "_pushed",
-        "_send",
-        "_shut",
-        "_written",
-    )
+    __slots__ = ("_cycle", "_frame")
 
     def __init__(self, cycle: Any, h11_conn: h11.Connection | None) -> None:
+        super().__init__(cycle.send)
         self._cycle = cycle
         #: h11 frames the body itself (its state must see every byte); httptools' cycle
         #: writes HTTP/1.1 chunks, as :func:`http_chunk` does.
         self._frame = h11_conn
-        self._send = cycle.send
-        self._pushed: object = None
-        self._written: object = None
-        self._open = False
-        self._shut = False
-        self._detached: tuple[Callable[[], Awaitable[None]], Callable[[], None]] | None = None
-        self._lost: Callable[[], None] | None = None
         cycle.send = self.send
 
-    async def send(self, message: Any) -> None:
-        if self._detached is not None:  # the app returned; its middleware's leftovers
-            return
-        await self._send(message)
-        kind = message["type"]
-        if kind == "http.response.body":
-            body = message.get("body", b"")
-            self._written = body
-            if body and not self._shut:
-                if body is self._pushed:
-                    self._open = True
-                else:
-                    self._open = False
-                    self._shut = True
-        elif kind == "http.response.start":
-            for name, _ in message.get("headers", ()):
-                if name.lower() == b"content-encoding":
-                    self._shut = True
-
-    def pushing(self, body: bytes) -> None:
-        """The app is sending ``body`` through ``send`` (the same object, unless rewritten)."""
-        self._pushed = body
-
-    def writable(self) -> bool:
+    def connected(self) -> bool:
         cycle = self._cycle
         return (
-            self._open
-            and self._written is self._pushed
-            and cycle.response_started
+            cycle.response_started
             and not cycle.response_complete
             and not cycle.disconnected
             and not cycle.flow.write_paused  # over the transport's high-water mark
             and not cycle.transport.is_closing()
             and (self._frame is not None or cycle.chunked_encoding is True)
         )
+
+    def disconnected(self) -> bool:
+        return bool(self._cycle.disconnected)
 
     def write(self, data: bytes) -> None:
         conn = self._frame
@@ -134,67 +82,17 @@ class _Direct:
         else:
             self._cycle.transport.write(conn.send(h11.Data(data=data)))
 
-    # -- the rest of the response, handed over -------------------------------------------------
-
-    def detach(self, run: Callable[[], Awaitable[None]], discard: Callable[[], None]) -> bool:
-        """Take the rest of the response over: once the app returns, ``run()`` (or, if the
-        app fails after all, ``discard()``). Only while the path is open (every body reached
-        the server unchanged): otherwise False, and the app keeps its response."""
-        if not (self._open and self._written is self._pushed) or self._detached is not None:
-            return False
-        self._detached = (run, discard)
-        return True
-
-    async def send_body(self, data: bytes) -> None:
-        """Write ``data`` through the server's own ``send`` (after :meth:`detach`)."""
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def end(self) -> None:
-        """End the response (after :meth:`detach`)."""
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def on_lost(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` once the connection is lost (at once if it is already); ``None``
-        forgets the one set before."""
-        if callback is not None and self._cycle.disconnected:
-            callback()
-        else:
-            self._lost = callback
-
-    def lost(self) -> None:
-        callback = self._lost
-        if callback is not None:
-            self._lost = None
-            callback()
-
 
 class _Detaching:
-    """The app as the protocol calls it: the app, then the watch it handed over."""
+    """The app as the protocols call it: the app, then the watch it handed over."""
 
     __slots__ = ("app",)
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except BaseException:
-            handed = _handed_over(scope)
-            if handed is not None:
-                handed[1]()  # the stream never runs: release it
-            raise
-        handed = _handed_over(scope)
-        if handed is not None:
-            await handed[0]()
-
-
-def _handed_over(
-    scope: Any,
-) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]] | None:
-    extensions = scope.get("extensions")
-    direct = None if extensions is None else extensions.get(DIRECT_EXTENSION)
-    return None if direct is None else direct._detached
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return run_app(self.app, scope, receive, send)
 
 
 def _offer(protocol: Any, scope: Any, cycle: Any, h11_conn: h11.Connection | None) -> None:

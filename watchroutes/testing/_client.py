@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import anyio
 from anyio.abc import ObjectReceiveStream
 
-from ._asgi import Exchange, http_scope
+from ._asgi import Disconnect, Exchange, http_scope
 from ._sse import SSEMessage, SSEParser
 from ._websocket import TestWebSocket, WebSocketClosed, websocket_scope
 
@@ -98,7 +98,7 @@ class StreamResponse:
     status: int
     headers: dict[str, str]
     _chunks: ObjectReceiveStream[bytes]
-    _disconnect: anyio.Event
+    _disconnect: Disconnect | anyio.Event
     _parser: SSEParser = field(default_factory=SSEParser)
     _messages: deque[SSEMessage] = field(default_factory=deque)
     _lines: deque[bytes] = field(default_factory=deque)
@@ -171,9 +171,12 @@ class WatchClient:
 
     __test__ = False
 
-    def __init__(self, app: ASGIApp, *, host: str = "testserver") -> None:
+    def __init__(self, app: ASGIApp, *, host: str = "testserver", direct: bool = True) -> None:
         self.app = app
         self.host = host
+        #: Serve GETs as ``watchroutes.adapters.uvicorn.Server`` does (the direct write path
+        #: and the hand-over of a watch); False: as any other ASGI server.
+        self.direct = direct
 
     def _scope(self, method: str, path: str, params: Params, headers: Headers) -> dict[str, Any]:
         path, query = target(path, params)
@@ -199,7 +202,7 @@ class WatchClient:
         scope = self._scope(method, path, params, headers)
         sink = _StreamSink()
         async with anyio.create_task_group() as tg:
-            exchange = Exchange(body, sink)
+            exchange = Exchange(body, sink, direct=self.direct)
             tg.start_soon(exchange.run, self.app, scope)
             await sink.started.wait()
             if not sink.head:
