@@ -130,9 +130,6 @@ def test_flask_example(flask_client: WSGIClient) -> None:
     assert answer.status == 400
 
 
-@pytest.mark.xfail(
-    strict=True, reason="adapters/aiohttp.py request_info keeps only a repeated header's last value"
-)
 async def test_aiohttp_example_refuses_a_repeated_authorization_header() -> None:
     from examples.aiohttp_app import create_app
 

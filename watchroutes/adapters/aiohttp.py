@@ -114,6 +114,16 @@ H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
 WebSocketAuthorize = Callable[[web.Request, str | None], Awaitable[None] | None]
 
 
+def _joined(headers: Any) -> dict[str, str]:
+    """Header names lowercased, a repeated header's values joined with ``,`` as WSGI servers
+    join them (so a second ``Authorization`` is seen, and refused, not silently dropped)."""
+    joined: dict[str, str] = {}
+    for name, value in headers.items():
+        name = name.lower()
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return joined
+
+
 def request_info(request: web.Request, key: str | None = None) -> RequestInfo:
     """Translate an aiohttp request; ``key`` names the path parameter of an object route."""
     headers = request.headers
@@ -122,7 +132,7 @@ def request_info(request: web.Request, key: str | None = None) -> RequestInfo:
         accept=headers.get(hdrs.ACCEPT),
         last_event_id=headers.get("Last-Event-ID"),
         key=None if key is None else request.match_info[key],
-        headers={name.lower(): value for name, value in headers.items()},
+        headers=_joined(headers),
         cookies=dict(request.cookies),
         client=request.remote,
         method=request.method,
@@ -383,7 +393,7 @@ def websocket_request(request: web.Request, key: str | None = None) -> WebSocket
         secure=request.secure,
         key=None if key is None else request.match_info[key],
         authorization=headers.get(hdrs.AUTHORIZATION),
-        headers={name.lower(): value for name, value in headers.items()},
+        headers=_joined(headers),
         cookies=dict(request.cookies),
         client=request.remote,
     )
