@@ -19,6 +19,7 @@ from watchroutes import (
     NotFound,
     RequestEntityTooLarge,
 )
+from watchroutes.adapters import freeze_startup_objects
 from watchroutes.adapters.aiohttp import (
     error_response,
     is_websocket,
@@ -174,6 +175,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    freeze_startup_objects()  # the serving process: shorter collector pauses (operations.md)
     host, port = runner.addresses[0][:2]
     if ":" in host:
         host = f"[{host}]"
