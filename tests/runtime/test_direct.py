@@ -49,7 +49,8 @@ class Wire:
         return self.open
 
     def write(self, data: bytes) -> None:
-        assert self.open, "wrote past writable()"
+        # (frames taken while it was writable; written at the end of the turn, whatever the
+        # mark says by then, as a transport buffers them)
         self.data.append(("direct", data))
 
     def events(self) -> list[dict[str, Any]]:
@@ -90,13 +91,33 @@ async def test_an_idle_watch_gets_a_publish_without_its_task() -> None:
         stream = await started(hub, wire, tg)
         for i in range(5):
             orders.create(order(f"o-{i}"))
-            # (no checkpoint: the frame is on the wire when the publish returns)
+            await anyio.lowlevel.checkpoint()  # (on asyncio written at the end of the turn)
             assert wire.paths() == ["direct"] * (i + 1)
         assert [e["object"]["metadata"]["name"] for e in wire.events()] == [
             f"o-{i}" for i in range(5)
         ]
         assert hub.statistics().direct_writes == 5
         assert stream.subscription.statistics().delivered == 5
+        stream.cancel()
+
+
+async def test_a_burst_in_one_turn_is_one_write_per_watch(anyio_backend: str) -> None:
+    """Events published in one loop turn reach an idle watch in one write at the end of the
+    turn, as the task path batches them (on asyncio; trio writes each at once)."""
+    hub = Hub(heartbeat=60)
+    orders = hub.resource("orders", kind="Order")
+    wire = Wire()
+    async with anyio.create_task_group() as tg:
+        stream = await started(hub, wire, tg)
+        for i in range(20):
+            orders.create(order(f"o-{i}"))
+        await anyio.lowlevel.checkpoint()
+        expected = 1 if anyio_backend == "asyncio" else 20
+        assert wire.paths() == ["direct"] * expected
+        assert [e["object"]["metadata"]["name"] for e in wire.events()] == [
+            f"o-{i}" for i in range(20)
+        ]
+        assert hub.statistics().direct_writes == 20  # (frames, not writes)
         stream.cancel()
 
 
@@ -113,6 +134,7 @@ async def test_over_the_high_water_mark_the_task_writes() -> None:
         assert wire.paths() == ["task"]
         wire.open = True
         orders.create(order("o-2"))
+        await anyio.lowlevel.checkpoint()
         assert wire.paths() == ["task", "direct"]
         assert [e["object"]["metadata"]["name"] for e in wire.events()] == ["o-1", "o-2"]
         stream.cancel()
@@ -138,6 +160,7 @@ async def test_a_write_in_flight_keeps_later_events_behind_it() -> None:
         assert [e["object"]["metadata"]["name"] for e in wire.events()] == ["o-1", "o-2", "o-3"]
         assert hub.statistics().direct_writes == 0
         orders.create(order("o-4"))  # idle again: direct
+        await anyio.lowlevel.checkpoint()
         assert wire.paths()[-1] == "direct"
         stream.cancel()
 
@@ -167,6 +190,7 @@ async def test_a_due_bookmark_sends_the_event_through_the_task() -> None:
     async with anyio.create_task_group() as tg:
         stream = await started(hub, wire, tg)
         orders.create(order("o-1"))
+        await anyio.lowlevel.checkpoint()
         assert wire.paths() == ["direct"]
         clock.advance_nowait(10)  # a bookmark is due (the task has not looked yet)
         orders.create(order("o-2"))
@@ -189,8 +213,10 @@ async def test_a_selector_watch_gets_transitions_directly() -> None:
         orders.create({"metadata": {"name": "a", "labels": {"region": "us"}}})
         orders.replace({"metadata": {"name": "a", "labels": {"region": "eu"}}})
         orders.replace({"metadata": {"name": "a", "labels": {"region": "us"}}})
+        await anyio.lowlevel.checkpoint()
         assert [e["type"] for e in wire.events()] == ["ADDED", "DELETED"]
-        assert wire.paths() == ["direct", "direct"]
+        assert len(wire.paths()) in (1, 2)  # (one write on asyncio: the same turn)
+        assert set(wire.paths()) == {"direct"}
         stream.cancel()
 
 

@@ -201,6 +201,8 @@ class WatchStream:
         "_direct",
         "_finished",
         "_interrupted",
+        "_loop",
+        "_pending",
         "_scope",
         "admission",
         "hub",
@@ -229,6 +231,10 @@ class WatchStream:
         self._scope: _Scope | None = None
         self._alarm: Alarm | None = None
         self._direct: DirectWriter | None = None
+        #: The direct path's frames of this loop turn, written together at its end.
+        self._pending: list[bytes] | None = None
+        #: The asyncio loop the pump runs on (``None``: not asyncio, no corking).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._cancelled = False
         self._interrupted: CloseReason | None = None
         self._finished = False
@@ -299,6 +305,7 @@ class WatchStream:
         scope: _Scope
         task = asyncio.current_task() if on_asyncio() else None
         if task is not None and type(hub.clock) is SystemClock:
+            self._loop = task.get_loop()
             scope = _TaskScope(task)
             alarm: Alarm = LoopAlarm(hub.write_timeout, scope.cancel)
             scope.alarm = alarm
@@ -387,8 +394,13 @@ class WatchStream:
         return (session.close_reason or CloseReason.TIMEOUT) if session.closed else None
 
     def _deliver(self, frame: Frame) -> bool:
-        """The direct write path (``Subscription.direct``): write ``frame`` now if the task is
-        idle and the connection takes it, or return False (it is queued, the task woken)."""
+        """The direct write path (``Subscription.direct``): take ``frame`` now if the task is
+        idle and the connection takes bytes, or return False (it is queued, the task woken).
+
+        On asyncio the frames a watch takes in one turn of the loop are written together at
+        the end of that turn (one write, as the task would write its queue), so a burst of
+        events keeps costing one write per watcher; elsewhere each is written at once.
+        """
         alarm = self._alarm
         direct = self._direct
         if alarm is None or direct is None or not alarm.idle or not direct.writable():
@@ -399,17 +411,37 @@ class WatchStream:
         data = self.session.deliver(frame, hub.clock.now())
         if data is None:
             return False
+        hub.direct_writes += 1
+        meter = self.meter
+        if meter.per_write:
+            meter.wrote(len(data), frame.time)
+        pending = self._pending
+        if pending is not None:
+            pending.append(data)
+        elif self._loop is not None:
+            self._pending = [data]
+            hub.cork(self.flush_direct, self._loop)
+        else:
+            self._write_direct(direct, data)
+        return True
+
+    def flush_direct(self) -> None:
+        """Write the frames the direct path took this turn (the end of the turn, or the pump
+        before it writes anything itself: nothing it writes may overtake them)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        direct = self._direct
+        if direct is not None and not self._finished:
+            self._write_direct(direct, pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _write_direct(self, direct: DirectWriter, data: bytes) -> None:
         try:
             direct.write(data)
         except Exception:  # the connection broke under the write: the peer is gone
             logger.debug("watch %s: direct write failed", self.subscription.id, exc_info=True)
             self.interrupt(CloseReason.CLIENT)
-            return True
-        hub.direct_writes += 1
-        meter = self.meter
-        if meter.per_write:
-            meter.wrote(len(data), frame.time)
-        return True
 
     async def _pump(self, send: Send, alarm: Alarm, scope: _Scope) -> CloseReason:
         session = self.session
@@ -420,6 +452,8 @@ class WatchStream:
             sub.direct = self._deliver
         write = alarm.write
         while True:
+            if self._pending is not None:
+                self.flush_direct()
             if scope.cancel_called:  # (a _TaskScope wakes the pump rather than cancel a wait)
                 return CloseReason.CLIENT
             data, oldest = self.take()

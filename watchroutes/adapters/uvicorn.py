@@ -79,8 +79,30 @@ class _Direct(AsgiDirect):
         conn = self._frame
         if conn is None:
             self._cycle.transport.write(http_chunk(data))
+            return
+        framing = _h11_framing(conn)
+        if framing is _CHUNKED:
+            self._cycle.transport.write(http_chunk(data))
+        elif framing is _UNTIL_CLOSE:
+            self._cycle.transport.write(data)
         else:
             self._cycle.transport.write(conn.send(h11.Data(data=data)))
+
+
+_CHUNKED = "chunked"
+_UNTIL_CLOSE = "until-close"
+
+
+def _h11_framing(conn: h11.Connection) -> str | None:
+    """How h11 frames this response's body, when it keeps no count of it: chunks (HTTP/1.1)
+    or the bytes as they are until the connection closes (HTTP/1.0); ``None`` otherwise
+    (then ``conn.send`` frames it, at several µs a write)."""
+    writer = type(getattr(conn, "_writer", None)).__name__
+    if writer == "ChunkedWriter":
+        return _CHUNKED
+    if writer == "Http10Writer":
+        return _UNTIL_CLOSE
+    return None
 
 
 class _Detaching:
