@@ -137,25 +137,13 @@ async def open_stream(
     node: Node, res: ResourceSpec, parsed: WatchRequest, admission: Admission = OPEN
 ) -> Reply:
     """Register the watch and prepare its stream (protocol.md §3.3 for SSE, §3.4 for JSON
-    lines)."""
+    lines); raises the ``ClientError`` that refuses it, which ``error_reply`` answers."""
     wire = wire_for(res, parsed, node.retry_ms)
     headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
-    try:
-        session = await open_session(
-            node,
-            res,
-            parsed,
-            wire,
-            end_at=node.end_at(parsed.timeout_seconds),
-            admission=admission,
-        )
-    except Expired as exc:
-        if parsed.mode is not Mode.JSONLINES:
-            raise
-        admission.release()
-        node.metrics.client_error(exc.reason)
-        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
-        return Reply(200, headers, wire.error(exc.status()), chunked=True)
+    # A refusal (JSON lines' expired rv included) propagates to the caller's error_reply.
+    session = await open_session(
+        node, res, parsed, wire, end_at=node.end_at(parsed.timeout_seconds), admission=admission
+    )
     stream = WatchStream(
         node,
         session,

@@ -13,10 +13,15 @@ from typing import Final
 from ..errors import Status
 from ..events import Envelope, Frame, bookmark_object, encode, status_envelope
 
-__all__ = ["MEDIA_TYPE", "JsonLinesWire"]
+__all__ = ["MEDIA_TYPE", "JsonLinesWire", "error_line"]
 
 #: As kube-apiserver answers a JSON watch (no ``;stream=watch`` suffix for JSON).
 MEDIA_TYPE: Final = "application/json"
+
+
+def error_line(status: Status) -> bytes:
+    """An ``ERROR`` line: how kube-apiserver ends a watch it cannot serve (an expired rv)."""
+    return status_envelope(status) + b"\n"
 
 
 class JsonLinesWire:

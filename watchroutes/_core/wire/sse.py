@@ -27,6 +27,7 @@ __all__ = [
     "MEDIA_TYPE",
     "SseWire",
     "encode_event",
+    "error_block",
     "id_block",
     "retry_block",
 ]
@@ -49,6 +50,11 @@ def retry_block(ms: int) -> bytes:
 
 def id_block(rv: int) -> bytes:
     return b"id: %d\n\n" % rv
+
+
+def error_block(status: Status) -> bytes:
+    """An ``ERROR`` event: ``data:`` only, never an ``id:`` (it is no resume point)."""
+    return b"data: " + status_envelope(status) + b"\n\n"
 
 
 def _field_value(name: str, value: str) -> str:
@@ -125,4 +131,4 @@ class SseWire:
         return _RESET
 
     def error(self, status: Status) -> bytes:
-        return b"data: " + status_envelope(status) + b"\n\n"
+        return error_block(status)
