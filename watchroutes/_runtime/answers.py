@@ -16,7 +16,6 @@ from .._core.access import AuthRequest
 from .._core.errors import ClientError, Expired, NotFound, ServiceUnavailable
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.state import StateSource
-from .._core.websocket import CloseCode
 from .guard import OPEN, Admission, admit
 from .longpoll import answer_longpoll
 from .node import Node, ResourceSpec
@@ -223,12 +222,6 @@ async def serve_websocket(
     """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its close;
     its ``watch`` messages may name ``resource`` and the other ``resources`` listed."""
     node.bind()
-    try:
-        res = node.spec(resource)
-    except ClientError:
-        await socket.accept(None)
-        await socket.close(CloseCode.NOT_FOUND, f"resource {resource[:100]!r} not found")
-        return
     await run_websocket(
-        node, res, request, socket, authorize=authorize, limits=limits, resources=resources
+        node, resource, request, socket, authorize=authorize, limits=limits, resources=resources
     )
