@@ -57,17 +57,18 @@ async def answer_longpoll(
             max_seconds=hub.max_watch_seconds,
             expires_at=admission.expires_at(hub),
         )
-        event = anyio.Event()
-        sub.waker = event.set
+        event: anyio.Event | None = None
         while True:
             with hub.lock:
                 answer = poll.step(clock.now(), hub.state.head)
+                if answer is None and (event is None or event.is_set()):
+                    # (under the lock that the step held: no wake-up falls in between)
+                    event = anyio.Event()
+                    sub.waker = event.set
             if answer is not None:
                 break
+            assert event is not None
             await clock.wait(event, poll.deadline())
-            if event.is_set():
-                event = anyio.Event()
-                sub.waker = event.set
         body = answer.body()
         meter.wrote(len(body), None)
         return Reply(200, list(JSON_HEADERS), body)
