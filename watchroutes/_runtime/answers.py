@@ -19,7 +19,7 @@ from .._core.state import StateSource
 from .guard import OPEN, Admission, admit
 from .longpoll import answer_longpoll
 from .node import Node, ResourceSpec
-from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply, error_reply, json_reply
+from .reply import Reply, error_reply, json_reply
 from .stream import WatchStream, open_session, wire_for
 from .websocket import Authorize, Socket, WebSocketLimits, WebSocketRequest
 from .websocket import serve_websocket as run_websocket
@@ -138,7 +138,6 @@ async def open_stream(
     """Register the watch and prepare its stream (protocol.md §3.3 for SSE, §3.4 for JSON
     lines); raises the ``ClientError`` that refuses it, which ``error_reply`` answers."""
     wire = wire_for(res, parsed, node.retry_ms)
-    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
     # A refusal (JSON lines' expired rv included) propagates to the caller's error_reply.
     session = await open_session(
         node, res, parsed, wire, end_at=node.end_at(parsed.timeout_seconds), admission=admission
@@ -151,7 +150,7 @@ async def open_stream(
         transport=parsed.mode.value,
         admission=admission,
     )
-    return Reply(200, headers, session.preamble(), stream)
+    return Reply(200, list(wire.headers), session.preamble(), stream)
 
 
 async def answer_list(node: Node, resource: str, request: RequestInfo) -> Reply:

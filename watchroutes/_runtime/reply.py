@@ -40,18 +40,9 @@ DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_JSON_DEPTH: Final = 100
 
 VARY: Final = ("vary", "Accept")
-SSE_HEADERS: Final = (
-    ("content-type", sse.MEDIA_TYPE),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-    VARY,
-)
-JSONLINES_HEADERS: Final = (
-    ("content-type", jsonlines.MEDIA_TYPE),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-    VARY,
-)
+#: Each stream's headers are its wire's.
+SSE_HEADERS: Final = sse.HEADERS
+JSONLINES_HEADERS: Final = jsonlines.HEADERS
 JSON_HEADERS: Final = (("content-type", "application/json"), VARY)
 
 

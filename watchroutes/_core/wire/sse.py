@@ -23,6 +23,7 @@ from ..events import Envelope, Frame, bookmark_object, encode, status_envelope
 
 __all__ = [
     "DEFAULT_RETRY_MS",
+    "HEADERS",
     "HEARTBEAT",
     "MEDIA_TYPE",
     "SseWire",
@@ -37,6 +38,14 @@ MEDIA_TYPE: Final = "text/event-stream; charset=utf-8"
 #: (Firefox 5 s, Chromium 3 s); 2 s resumes quickly without stampeding a restarted server.
 DEFAULT_RETRY_MS: Final = 2000
 HEARTBEAT: Final = b": hb\n\n"
+#: protocol.md §3.3: never cached, never buffered by nginx (``X-Accel-Buffering``), and the
+#: answer depends on ``Accept`` (the same URL is a list without it).
+HEADERS: Final[tuple[tuple[str, str], ...]] = (
+    ("content-type", MEDIA_TYPE),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+    ("vary", "Accept"),
+)
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _RESET: Final = b"data: " + encode(Envelope(type="RESET")) + b"\n\n"
@@ -101,6 +110,7 @@ class SseWire:
     """SSE framing of one watch (protocol.md §3.3)."""
 
     media_type = MEDIA_TYPE
+    headers = HEADERS
     __slots__ = ("api_version", "kind", "retry_ms")
 
     def __init__(self, kind: str, api_version: str, *, retry_ms: int = DEFAULT_RETRY_MS) -> None:
