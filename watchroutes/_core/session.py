@@ -22,6 +22,14 @@ Rules (protocol.md §3.2-3.4) and where they live:
   holds, then the end.
 
 Phases and their transitions are the table below; a failed session raises on every call.
+
+A long poll (protocol.md §3.6) is the same cursor in another mode: :class:`LongPollSession`
+collects what the subscription receives until there is something to answer, or the poll's
+time is up, and answers it once, as one JSON body. The runtime loop is::
+
+    while (answer := poll.step(now(), hub.head)) is None:
+        wait until the subscription wakes or poll.deadline() passes
+    write(answer.body())
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from .access import CREDENTIALS_EXPIRED, REVOKED
 from .errors import Forbidden, Status, Unauthorized, UsageError
@@ -37,7 +45,14 @@ from .events import Frame
 from .registry import CloseReason, Subscription
 from .wire import Wire
 
-__all__ = ["DEFAULT_HEARTBEAT", "Phase", "WatchSession"]
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "DEFAULT_LONGPOLL_SECONDS",
+    "LongPollAnswer",
+    "LongPollSession",
+    "Phase",
+    "WatchSession",
+]
 
 #: Heartbeat and bookmark interval, seconds. Under nginx's and most load balancers' 60 s idle
 #: timeouts with margin; the interval Mercure and sse-starlette use.
@@ -45,6 +60,9 @@ DEFAULT_HEARTBEAT: Final = 15.0
 #: Frames of initial events / replay written per step, so a large snapshot is written in
 #: bounded chunks and the runtime can interleave other work between them.
 PRELUDE_BATCH: Final = 256
+#: How long a long poll waits for a change when the client gives no ``timeoutSeconds``:
+#: under the 60 s idle timeouts of common proxies.
+DEFAULT_LONGPOLL_SECONDS: Final = 30.0
 
 
 class Phase(enum.Enum):
@@ -296,3 +314,113 @@ class WatchSession:
             return b""
         self._finish(CloseReason.ERROR)
         return self.wire.error(status)
+
+
+class LongPollAnswer(NamedTuple):
+    """A long poll's answer: its events and the rv to poll from next."""
+
+    frames: Sequence[Frame]
+    resource_version: int
+
+    def body(self) -> bytes:
+        """``{"events":[...],"resourceVersion":"<rv>"}``: each event's shared encoding (built
+        here, out of the hub's lock, the first time any watcher needs it)."""
+        events = b",".join(f.json() for f in self.frames)
+        return b'{"events":[%s],"resourceVersion":"%d"}' % (events, self.resource_version)
+
+
+class LongPollSession:
+    """A long poll (protocol.md §3.6): a watch that answers once.
+
+    * With initial events (no rv, or ``sendInitialEvents=true``): the state at once, at the
+      rv of its snapshot; ``limit`` does not apply to it.
+    * Otherwise the replay after the client's rv, if there is one; else whatever the
+      subscription receives, as soon as it receives anything, or nothing once the poll's
+      time (``timeoutSeconds``, capped by the server's maximum duration and by the
+      credentials' expiry) is up. At most ``limit`` events; the answer's rv is the last
+      event's when ``limit`` cut it short, else the subscription's position (where it
+      stopped buffering, never past it). A subscription closed as a slow consumer answers
+      nothing from the rv the poll started at (the next poll gets those events again); a
+      revoked one raises ``Forbidden``.
+
+    ``close_reason`` is what the runtime closes the subscription with once answered:
+    ``TIMEOUT`` for an empty answer, ``REVOKED``, or ``CLIENT`` (the poll was answered).
+    """
+
+    def __init__(
+        self,
+        *,
+        subscription: Subscription,
+        head: int,
+        now: float,
+        limit: int,
+        initial: Sequence[Frame] | None = None,
+        replay: Sequence[Frame] = (),
+        timeout_seconds: float | None = None,
+        max_seconds: float | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        """``head``: the rv at which the subscription was registered (the snapshot's)."""
+        self.subscription = subscription
+        self.head = head
+        self.limit = limit
+        self._initial = initial
+        self._replay = replay
+        seconds = DEFAULT_LONGPOLL_SECONDS if timeout_seconds is None else timeout_seconds
+        if max_seconds is not None and max_seconds < seconds:
+            seconds = max_seconds
+        end = now + seconds
+        if expires_at is not None and expires_at < end:  # never wait past the credentials
+            end = expires_at
+        self.end_at = end
+        self.answered = False
+        self.close_reason: CloseReason | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True when ``step`` answers now."""
+        if self.answered:
+            return False
+        sub = self.subscription
+        return bool(self._initial is not None or self._replay or len(sub) or sub.closed)
+
+    def deadline(self) -> float | None:
+        """When ``step`` must run again even if nothing arrives (``None``: answered)."""
+        return None if self.answered else self.end_at
+
+    def step(self, now: float, head: int) -> LongPollAnswer | None:
+        """The answer, once there is one (``None``: wait); ``head`` is the hub's rv now."""
+        if self.answered:
+            raise UsageError("the long poll was answered already")
+        if self._initial is not None:
+            return self._answer(self._initial, self.head, CloseReason.CLIENT)
+        if self._replay:
+            return self._limited(self._replay, self.head)
+        sub = self.subscription
+        reason = sub.closed
+        if not len(sub) and reason is None and now < self.end_at:
+            return None
+        frames = sub.drain()
+        position = sub.position(head)  # never past where it stopped buffering
+        rv = self.head if position is None else position
+        if reason is CloseReason.SLOW:  # its queue was dropped: poll again from here
+            frames, rv = [], self.head
+        elif reason is CloseReason.REVOKED:
+            self.answered = True
+            self.close_reason = CloseReason.REVOKED
+            raise Forbidden(REVOKED)
+        return self._limited(frames, rv)
+
+    def _limited(self, frames: Sequence[Frame], rv: int) -> LongPollAnswer:
+        if not frames:
+            return self._answer(frames, rv, CloseReason.TIMEOUT)
+        if len(frames) > self.limit:
+            frames = frames[: self.limit]
+            last = frames[-1].rv
+            rv = last if last is not None else rv
+        return self._answer(frames, rv, CloseReason.CLIENT)
+
+    def _answer(self, frames: Sequence[Frame], rv: int, reason: CloseReason) -> LongPollAnswer:
+        self.answered = True
+        self.close_reason = reason
+        return LongPollAnswer(frames, rv)

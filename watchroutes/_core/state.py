@@ -39,6 +39,7 @@ from .registry import (
     transition,
 )
 from .selectors import Filter
+from .transport import ErrorForm, error_form
 from .versions import VersionClock
 
 __all__ = [
@@ -225,7 +226,8 @@ class HubState:
         """Validate the start point and register a subscription at the current head.
 
         Raises ``Expired`` when the start rv cannot be served exactly and the transport must
-        say so (everything but SSE with a state source, which is answered with RESET).
+        say so; :func:`~.transport.error_form` decides (SSE with a state source is answered
+        with RESET and the state instead).
         """
         if self.closing:
             raise ServiceUnavailable("the server is shutting down", retry_after=1)
@@ -247,8 +249,9 @@ class HubState:
                         as_type = transition(flt, entry)
                         if as_type is not None:
                             replay.append(entry.frame(as_type))
-            except Expired:
-                if request.mode is not Mode.SSE or source is StateSource.NONE:
+            except Expired as exc:
+                has_state = source is not StateSource.NONE
+                if error_form(exc, request.mode, has_state=has_state) is not ErrorForm.RESET:
                     raise
                 reset = initial = True
         if initial and source is StateSource.NONE:

@@ -1,23 +1,26 @@
-"""The WebSocket protocol's rules (protocol.md §4), without I/O: the handshake, the ``Origin``
-check, inbound messages, the inbound rate limit, and the close codes.
+"""The WebSocket protocol's rules (protocol.md §4), without I/O: the handshake as an adapter
+reads it and the per-socket limits, the ``Origin`` check, inbound messages, the inbound rate
+limit, and the close codes.
 
-A runtime drives a socket with these: it negotiates with :func:`negotiate`, checks
-:func:`origin_allowed`, decodes every inbound message with :func:`decode_message` (a typed
-msgspec decoder: anything else is a :class:`ProtocolViolation`, which closes the socket with
-its code), and turns a ``watch`` message into the query of an ordinary watch request with
-:func:`watch_query`, so a WebSocket subscription is validated exactly as an HTTP watch is.
+:class:`~watchroutes._core.wsprotocol.WebSocketProtocol` composes these into one socket's
+state: it negotiates with :func:`negotiate`, checks :func:`origin_allowed`, decodes every
+inbound message with :func:`decode_message` (a typed msgspec decoder: anything else is a
+:class:`ProtocolViolation`, which closes the socket with its code), and turns a ``watch``
+message into the query of an ordinary watch request with :func:`watch_query`, so a WebSocket
+subscription is validated exactly as an HTTP watch is.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
 
-from .access import carries_token, subprotocol_token
+from .access import AuthRequest, carries_token, subprotocol_token
 
 __all__ = [
     "DEFAULT_IDLE_SECONDS",
@@ -34,6 +37,8 @@ __all__ = [
     "RateLimiter",
     "UnwatchMessage",
     "WatchMessage",
+    "WebSocketLimits",
+    "WebSocketRequest",
     "decode_message",
     "negotiate",
     "origin_allowed",
@@ -76,6 +81,60 @@ class CloseCode(enum.IntEnum):
     FORBIDDEN = 4403  # credentials refused, or an Origin outside the allow-list
     NOT_FOUND = 4404  # the route's resource does not exist
     RATE = 4429  # too many inbound messages
+
+
+@dataclass(frozen=True)
+class WebSocketRequest:
+    """A WebSocket handshake as an adapter read it."""
+
+    query: Sequence[tuple[str, str]] = field(repr=False)  # an access_token may be in it
+    subprotocols: Sequence[str] = field(default=(), repr=False)  # and a bearer.<token>
+    origin: str | None = None
+    host: str | None = None
+    secure: bool = False
+    key: str | None = None
+    authorization: str | None = field(default=None, repr=False)
+    #: For the ``authenticate`` hook (protocol.md §7): the handshake's headers (names
+    #: lowercase), its cookies and the client's address (credentials: never in a repr).
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    cookies: Mapping[str, str] | None = field(default=None, repr=False)
+    client: str | None = None
+
+    def auth(self) -> AuthRequest:
+        """The handshake as the ``authenticate`` hook sees it."""
+        headers = dict(self.headers or {})
+        if self.authorization is not None:
+            headers.setdefault("authorization", self.authorization)
+        return AuthRequest(
+            headers=headers,
+            query=self.query,
+            cookies=self.cookies or {},
+            subprotocols=self.subprotocols,
+            client=self.client,
+            method="WEBSOCKET",
+        )
+
+
+@dataclass(frozen=True)
+class WebSocketLimits:
+    """Per-socket limits (protocol.md §4), with the named defaults."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_messages_per_second: float = DEFAULT_MAX_MESSAGES_PER_SECOND
+    #: Allowed ``Origin`` values (``"https://app.example.com"``, or ``"*"``); ``None``: the
+    #: request's own origin only.
+    origins: Sequence[str] | None = None
+    #: Seconds a socket may stay open without any subscription before it is closed (1000).
+    idle_seconds: float = DEFAULT_IDLE_SECONDS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.origins, str):  # "in" would match substrings
+            raise TypeError("WebSocketLimits(origins=...) takes a list of origins, not a string")
+        if self.max_message_bytes < 1 or self.max_subscriptions < 1:
+            raise ValueError("max_message_bytes and max_subscriptions must be at least 1")
+        if self.max_messages_per_second <= 0 or self.idle_seconds <= 0:
+            raise ValueError("max_messages_per_second and idle_seconds must be positive")
 
 
 class ProtocolViolation(Exception):

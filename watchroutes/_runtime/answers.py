@@ -16,11 +16,10 @@ from .._core.access import AuthRequest
 from .._core.errors import ClientError, Expired, NotFound, ServiceUnavailable
 from .._core.params import Mode, WatchRequest, parse_request
 from .._core.state import StateSource
-from .._core.websocket import CloseCode
 from .guard import OPEN, Admission, admit
 from .longpoll import answer_longpoll
 from .node import Node, ResourceSpec
-from .reply import JSONLINES_HEADERS, SSE_HEADERS, Reply, error_reply, json_reply
+from .reply import Reply, error_reply, json_reply
 from .stream import WatchStream, open_session, wire_for
 from .websocket import Authorize, Socket, WebSocketLimits, WebSocketRequest
 from .websocket import serve_websocket as run_websocket
@@ -137,25 +136,12 @@ async def open_stream(
     node: Node, res: ResourceSpec, parsed: WatchRequest, admission: Admission = OPEN
 ) -> Reply:
     """Register the watch and prepare its stream (protocol.md §3.3 for SSE, §3.4 for JSON
-    lines)."""
+    lines); raises the ``ClientError`` that refuses it, which ``error_reply`` answers."""
     wire = wire_for(res, parsed, node.retry_ms)
-    headers = list(SSE_HEADERS if parsed.mode is Mode.SSE else JSONLINES_HEADERS)
-    try:
-        session = await open_session(
-            node,
-            res,
-            parsed,
-            wire,
-            end_at=node.end_at(parsed.timeout_seconds),
-            admission=admission,
-        )
-    except Expired as exc:
-        if parsed.mode is not Mode.JSONLINES:
-            raise
-        admission.release()
-        node.metrics.client_error(exc.reason)
-        # kube-apiserver: 200, then the 410 Status as an ERROR event, then the end.
-        return Reply(200, headers, wire.error(exc.status()), chunked=True)
+    # A refusal (JSON lines' expired rv included) propagates to the caller's error_reply.
+    session = await open_session(
+        node, res, parsed, wire, end_at=node.end_at(parsed.timeout_seconds), admission=admission
+    )
     stream = WatchStream(
         node,
         session,
@@ -164,7 +150,7 @@ async def open_stream(
         transport=parsed.mode.value,
         admission=admission,
     )
-    return Reply(200, headers, session.preamble(), stream)
+    return Reply(200, list(wire.headers), session.preamble(), stream)
 
 
 async def answer_list(node: Node, resource: str, request: RequestInfo) -> Reply:
@@ -235,12 +221,6 @@ async def serve_websocket(
     """Run a WebSocket watch (protocol.md §4) on ``socket`` from its handshake to its close;
     its ``watch`` messages may name ``resource`` and the other ``resources`` listed."""
     node.bind()
-    try:
-        res = node.spec(resource)
-    except ClientError:
-        await socket.accept(None)
-        await socket.close(CloseCode.NOT_FOUND, f"resource {resource[:100]!r} not found")
-        return
     await run_websocket(
-        node, res, request, socket, authorize=authorize, limits=limits, resources=resources
+        node, resource, request, socket, authorize=authorize, limits=limits, resources=resources
     )

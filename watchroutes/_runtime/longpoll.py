@@ -1,14 +1,17 @@
-"""Long poll (protocol.md §3.6): one request, one JSON answer, the same cursor as every stream."""
+"""Long poll (protocol.md §3.6): one request, one JSON answer, the same cursor as every stream.
+
+The rules are :class:`~watchroutes._core.session.LongPollSession`'s; this drives it: register
+the subscription, step the session under the hub's lock until it answers, sleeping until the
+subscription wakes it or its deadline passes.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core.access import REVOKED
-from .._core.errors import Forbidden
-from .._core.events import Frame
 from .._core.params import WatchRequest
 from .._core.registry import CloseReason
+from .._core.session import DEFAULT_LONGPOLL_SECONDS, LongPollSession
 from .guard import OPEN, Admission
 from .meter import WatchMeter
 from .reply import JSON_HEADERS, Reply
@@ -17,15 +20,6 @@ if TYPE_CHECKING:
     from .node import Node, ResourceSpec
 
 __all__ = ["DEFAULT_LONGPOLL_SECONDS", "answer_longpoll"]
-
-#: How long a long poll waits for a change when the client gives no ``timeoutSeconds``:
-#: under the 60 s idle timeouts of common proxies.
-DEFAULT_LONGPOLL_SECONDS = 30.0
-
-
-def _body(frames: list[Frame], rv: int) -> bytes:
-    events = b",".join(f.json() for f in frames)
-    return b'{"events":[%s],"resourceVersion":"%d"}' % (events, rv)
 
 
 async def answer_longpoll(
@@ -47,54 +41,40 @@ async def answer_longpoll(
         )
     sub = opening.subscription
     meter = WatchMeter(hub.metrics, clock, res.name, "longpoll", sub)
-    reason = CloseReason.CLIENT
+    poll: LongPollSession | None = None
     try:
-        if opening.initial is not None:
-            frames = opening.initial
-            if opening.needs_snapshot:
-                frames = await hub.snapshot_frames(res, parsed)
-            return _answer(meter, frames, opening.head)
-        frames = opening.replay
-        rv = opening.head
-        if not frames:
-            # timeoutSeconds=0 asks "what changed since rv?" without waiting
-            timeout = parsed.timeout_seconds
-            seconds = DEFAULT_LONGPOLL_SECONDS if timeout is None else float(timeout)
-            deadline = clock.now() + min(seconds, hub.max_watch_seconds)
-            expires_at = admission.expires_at(hub)  # never wait past the credentials
-            if expires_at is not None and expires_at < deadline:
-                deadline = expires_at
-            event = anyio.Event()
-            sub.waker = event.set
-            while not len(sub) and sub.closed is None and clock.now() < deadline:
-                await clock.wait(event, deadline)
-                if event.is_set():
+        initial = opening.initial
+        if initial is not None and opening.needs_snapshot:
+            initial = await hub.snapshot_frames(res, parsed)
+        poll = LongPollSession(
+            subscription=sub,
+            head=opening.head,
+            now=clock.now(),
+            limit=parsed.limit,
+            initial=initial,
+            replay=opening.replay,
+            timeout_seconds=parsed.timeout_seconds,
+            max_seconds=hub.max_watch_seconds,
+            expires_at=admission.expires_at(hub),
+        )
+        event: anyio.Event | None = None
+        while True:
+            with hub.lock:
+                answer = poll.step(clock.now(), hub.state.head)
+                if answer is None and (event is None or event.is_set()):
+                    # (under the lock that the step held: no wake-up falls in between)
                     event = anyio.Event()
                     sub.waker = event.set
-            with hub.lock:
-                frames = sub.drain()
-                position = sub.position(hub.state.head)  # never past where it stopped buffering
-                rv = opening.head if position is None else position
-                if sub.closed is CloseReason.SLOW:  # its queue was dropped: poll again from here
-                    frames, rv = [], opening.head
-                if sub.closed is CloseReason.REVOKED:
-                    reason = CloseReason.REVOKED
-                    raise Forbidden(REVOKED)
-            if not frames:
-                reason = CloseReason.TIMEOUT
-        if len(frames) > parsed.limit:
-            frames = frames[: parsed.limit]
-            last = frames[-1].rv
-            rv = last if last is not None else rv
-        return _answer(meter, frames, rv)
+            if answer is not None:
+                break
+            assert event is not None
+            await clock.wait(event, poll.deadline())
+        body = answer.body()
+        meter.wrote(len(body), None)
+        return Reply(200, list(JSON_HEADERS), body)
     finally:
+        reason = CloseReason.CLIENT if poll is None else poll.close_reason or CloseReason.CLIENT
         with hub.lock:
             hub.state.close_watch(sub, reason)
         admission.release()
         meter.closed(reason.value)
-
-
-def _answer(meter: WatchMeter, frames: list[Frame], rv: int) -> Reply:
-    body = _body(frames, rv)
-    meter.wrote(len(body), None)
-    return Reply(200, list(JSON_HEADERS), body)

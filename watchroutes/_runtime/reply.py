@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .._core.errors import BadRequest, ClientError, RequestEntityTooLarge
-from .._core.events import encode, status_envelope
+from .._core.errors import BadRequest, ClientError, RequestEntityTooLarge, UsageError
+from .._core.events import encode
 from .._core.params import Mode
+from .._core.transport import ErrorForm, error_form
 from .._core.wire import jsonlines, sse
 
 if TYPE_CHECKING:
@@ -39,18 +40,9 @@ DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_JSON_DEPTH: Final = 100
 
 VARY: Final = ("vary", "Accept")
-SSE_HEADERS: Final = (
-    ("content-type", sse.MEDIA_TYPE),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-    VARY,
-)
-JSONLINES_HEADERS: Final = (
-    ("content-type", jsonlines.MEDIA_TYPE),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-    VARY,
-)
+#: Each stream's headers are its wire's.
+SSE_HEADERS: Final = sse.HEADERS
+JSONLINES_HEADERS: Final = jsonlines.HEADERS
 JSON_HEADERS: Final = (("content-type", "application/json"), VARY)
 
 
@@ -73,16 +65,24 @@ def json_reply(status: int, body: Any, *extra: tuple[str, str]) -> Reply:
 
 
 def error_reply(exc: ClientError, mode: Mode, *, retry_ms: int) -> Reply:
-    """The answer to a request refused before any stream started (protocol.md §3.3-3.5).
+    """The answer to a request refused before any stream started (protocol.md §3.3-3.6), in
+    the form :func:`~watchroutes._core.transport.error_form` gives its transport: SSE answers
+    what a retry fixes (429, 503, 504) with 200, ``retry: <ms>`` and one ERROR event, JSON
+    lines an expired rv with 200 and one ERROR line; the rest is the status and its body.
 
-    SSE answers conditions a retry fixes (429, 503, 504) with 200, ``retry: <ms>`` and one
-    ERROR event, because a non-200 answer stops a browser's EventSource for good.
+    (An expired SSE resume that the resource's state can repair never gets here: the hub's
+    state turned it into a RESET when the watch opened.)
     """
     status = exc.status()
-    if mode is Mode.SSE and exc.retryable:
-        wait = retry_ms if exc.retry_after is None else exc.retry_after * 1000
-        body = sse.retry_block(wait) + b"data: " + status_envelope(status) + b"\n\n"
-        return Reply(200, list(SSE_HEADERS), body, chunked=True)
+    form = error_form(exc, mode)
+    if form is ErrorForm.IN_STREAM:
+        if mode is Mode.SSE:
+            wait = retry_ms if exc.retry_after is None else exc.retry_after * 1000
+            body = sse.retry_block(wait) + sse.error_block(status)
+            return Reply(200, list(SSE_HEADERS), body, chunked=True)
+        if mode is Mode.JSONLINES:  # kube-apiserver: 200, the Status as an ERROR, the end
+            return Reply(200, list(JSONLINES_HEADERS), jsonlines.error_line(status), chunked=True)
+        raise UsageError(f"a {mode.value} refusal is not an HTTP answer")
     extra: tuple[tuple[str, str], ...] = ()
     if exc.retry_after is not None:
         extra = (("retry-after", str(exc.retry_after)),)

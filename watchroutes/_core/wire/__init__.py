@@ -18,6 +18,11 @@ class Wire(Protocol):
 
     media_type: str
 
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The response headers of a watch in this format (protocol.md §3.3, §3.4)."""
+        ...
+
     def preamble(self) -> bytes:
         """Written with the headers, before any event."""
         ...

@@ -13,16 +13,29 @@ from typing import Final
 from ..errors import Status
 from ..events import Envelope, Frame, bookmark_object, encode, status_envelope
 
-__all__ = ["MEDIA_TYPE", "JsonLinesWire"]
+__all__ = ["HEADERS", "MEDIA_TYPE", "JsonLinesWire", "error_line"]
 
 #: As kube-apiserver answers a JSON watch (no ``;stream=watch`` suffix for JSON).
 MEDIA_TYPE: Final = "application/json"
+#: protocol.md §3.4: as SSE's (never cached, never buffered, varies with ``Accept``).
+HEADERS: Final[tuple[tuple[str, str], ...]] = (
+    ("content-type", MEDIA_TYPE),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+    ("vary", "Accept"),
+)
+
+
+def error_line(status: Status) -> bytes:
+    """An ``ERROR`` line: how kube-apiserver ends a watch it cannot serve (an expired rv)."""
+    return status_envelope(status) + b"\n"
 
 
 class JsonLinesWire:
     """JSON-lines framing of one watch (protocol.md §3.4)."""
 
     media_type = MEDIA_TYPE
+    headers = HEADERS
     __slots__ = ("api_version", "bookmarks", "kind")
 
     def __init__(self, kind: str, api_version: str, *, bookmarks: bool) -> None:

@@ -23,10 +23,12 @@ from ..events import Envelope, Frame, bookmark_object, encode, status_envelope
 
 __all__ = [
     "DEFAULT_RETRY_MS",
+    "HEADERS",
     "HEARTBEAT",
     "MEDIA_TYPE",
     "SseWire",
     "encode_event",
+    "error_block",
     "id_block",
     "retry_block",
 ]
@@ -36,6 +38,14 @@ MEDIA_TYPE: Final = "text/event-stream; charset=utf-8"
 #: (Firefox 5 s, Chromium 3 s); 2 s resumes quickly without stampeding a restarted server.
 DEFAULT_RETRY_MS: Final = 2000
 HEARTBEAT: Final = b": hb\n\n"
+#: protocol.md §3.3: never cached, never buffered by nginx (``X-Accel-Buffering``), and the
+#: answer depends on ``Accept`` (the same URL is a list without it).
+HEADERS: Final[tuple[tuple[str, str], ...]] = (
+    ("content-type", MEDIA_TYPE),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+    ("vary", "Accept"),
+)
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _RESET: Final = b"data: " + encode(Envelope(type="RESET")) + b"\n\n"
@@ -49,6 +59,11 @@ def retry_block(ms: int) -> bytes:
 
 def id_block(rv: int) -> bytes:
     return b"id: %d\n\n" % rv
+
+
+def error_block(status: Status) -> bytes:
+    """An ``ERROR`` event: ``data:`` only, never an ``id:`` (it is no resume point)."""
+    return b"data: " + status_envelope(status) + b"\n\n"
 
 
 def _field_value(name: str, value: str) -> str:
@@ -95,6 +110,7 @@ class SseWire:
     """SSE framing of one watch (protocol.md §3.3)."""
 
     media_type = MEDIA_TYPE
+    headers = HEADERS
     __slots__ = ("api_version", "kind", "retry_ms")
 
     def __init__(self, kind: str, api_version: str, *, retry_ms: int = DEFAULT_RETRY_MS) -> None:
@@ -125,4 +141,4 @@ class SseWire:
         return _RESET
 
     def error(self, status: Status) -> bytes:
-        return b"data: " + status_envelope(status) + b"\n\n"
+        return error_block(status)
