@@ -73,12 +73,12 @@ from .._runtime.websocket import WebSocketLimits as WebSocketLimits
 from .._runtime.websocket import WebSocketRequest as WebSocketRequest
 
 __all__ = (
-    "DIRECT_EXTENSION",
     "AsgiDirect",
     "AsgiDirectWriter",
     "BodyLimit",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_JSON_DEPTH",
+    "DIRECT_EXTENSION",
     "DirectWriter",
     "Disconnected",
     "Hub",
