@@ -193,9 +193,6 @@ async def test_a_socket_with_two_different_tokens_is_refused(
     assert reason.startswith("conflicting credentials: a bearer subprotocol and the Authoriz")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="_runtime/websocket.py _close_code_of closes a 400 refusal with 1011"
-)
 async def test_a_socket_refused_with_a_400_closes_with_4400(app: tuple[Hub, WatchClient]) -> None:
     _, client = app
     code, _ = await socket_with_two_tokens(client)

@@ -295,12 +295,12 @@ class WebSocketProtocol:
 
     def refuse(self, error: ClientError, sub_id: str | None = None) -> None:
         """A refusal: of the handshake's credentials (``sub_id`` ``None``: 401 closes 4401,
-        403 closes 4403, anything else 1011), or of one subscription, which gets an ERROR
+        403 closes 4403, 429 closes 4429, any other client error (a 400: conflicting
+        credentials) 4400, anything else 1011), or of one subscription, which gets an ERROR
         envelope while the socket stays open (``sub_id``; protocol.md §4)."""
         if sub_id is None:
             self._expect(SocketState.AUTHENTICATING)
-            code = {401: CloseCode.UNAUTHORIZED, 403: CloseCode.FORBIDDEN}
-            self._close(code.get(error.code, CloseCode.ERROR), error.message)
+            self._close(_refusal_code(error.code), error.message)
             return
         self._pending.discard(sub_id)
         if self.state is SocketState.OPEN:
@@ -444,3 +444,14 @@ def unknown_resource(name: str) -> NotFound:
     """The refusal of a ``watch`` naming a resource the socket cannot watch (404): one that
     its route does not list, or that the server does not know; the same for both."""
     return NotFound(f"no watchable resource {name[:100]!r}")
+
+
+def _refusal_code(status: int) -> CloseCode:
+    """The close code of a handshake refused with HTTP ``status``."""
+    if status == 401:
+        return CloseCode.UNAUTHORIZED
+    if status == 403:
+        return CloseCode.FORBIDDEN
+    if status == 429:
+        return CloseCode.RATE
+    return CloseCode.INVALID if 400 <= status < 500 else CloseCode.ERROR
