@@ -412,3 +412,38 @@ async def test_a_write_whose_outcome_is_unknown_says_so_without_naming_the_backe
     assert "secret-host" not in status.message
     assert status.details is not None
     assert status.details.retryAfterSeconds == 1
+
+
+async def test_a_resume_from_beyond_the_head_is_answered_as_on_one_node() -> None:
+    """An rv above the log's head: SSE starts over with RESET (the resource has a state), JSON
+    lines gets its 410 in-stream, a list its 410: the same answers as an in-memory hub."""
+    too_new = "9" * 18
+    single = Hub()
+    single_orders = single.resource("orders", kind="Order")
+    single_app = Starlette(routes=[Route("/orders", watch_endpoint_for(single_orders))])
+    log = MemoryLog()
+    async with nodes(log, 1) as (node,), single:
+        await node.orders.acreate(order("o-1"))
+        single_orders.create(order("o-1"))
+        for client in (node.client, WatchClient(single_app)):
+            headers = {"accept": "text/event-stream", "last-event-id": too_new}
+            async with client.stream("GET", "/orders", headers=headers) as stream:
+                assert stream.status == 200
+                first = await stream.next_sse()
+                while first is not None and not first.data:  # (the retry: block)
+                    first = await stream.next_sse()
+                assert first is not None
+                assert first.event == "RESET" or '"RESET"' in (first.data or "")
+            listed = await client.get("/orders", params={"resourceVersion": too_new})
+            assert listed.status == 410
+            async with client.stream(
+                "GET", "/orders", params={"watch": "true", "resourceVersion": too_new}
+            ) as stream:
+                assert stream.status == 200
+                assert (await stream.next_line())["object"]["code"] == 410
+
+
+def watch_endpoint_for(resource: Any) -> Any:
+    from watchroutes.adapters.starlette import watch_endpoint
+
+    return watch_endpoint(resource)

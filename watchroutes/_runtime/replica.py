@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from .._core.backend import Loaded, LogBackend, Retention
-from .._core.errors import Expired, ServiceUnavailable, Timeout
+from .._core.errors import ServiceUnavailable, Timeout
 from .._core.registry import CloseReason
 
 if TYPE_CHECKING:
@@ -201,8 +201,10 @@ class Replica:
     async def sync(self, rv: int | None) -> None:
         """Return once this node has applied the log as far as the backend's head now (so a
         request sees every write acknowledged before it, whichever node took the write).
-        ``Expired`` if ``rv`` is above the log's head, ``ServiceUnavailable`` if the log
-        cannot be reached, ``Timeout`` after :data:`SYNC_TIMEOUT`."""
+        ``ServiceUnavailable`` if the log cannot be reached, ``Timeout`` after
+        :data:`SYNC_TIMEOUT`. An ``rv`` above the log's head is left to the request, as on
+        an in-memory log (an SSE watch with a state starts over with ``RESET``, the others
+        get 410: ``_core/transport.py``)."""
         if not self.available:
             if self._loaded is None:
                 self._never_started()
@@ -214,8 +216,6 @@ class Replica:
             raise ServiceUnavailable("the event log is unavailable; try again") from None
         if epoch != self.epoch:
             raise ServiceUnavailable("the event log is being reloaded (a new epoch)")
-        if rv is not None and rv > head:
-            raise Expired(f"resource version {rv} is newer than this log's head ({head})")
         await self.wait_applied(head)
 
     async def own_writes(self) -> None:
