@@ -7,7 +7,7 @@ while it is read and every write bounded by the hubs' write timeout.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -16,13 +16,21 @@ import anyio
 from .._core.errors import ClientError
 from .._core.params import Mode
 from .reply import BodyLimit, error_reply
-from .stream import Disconnected
+from .stream import Disconnected, stream_chunks
 from .websocket import WebSocketRequest
 
 if TYPE_CHECKING:
     from .hub import Hub
+    from .reply import Reply
 
-__all__ = ["ASGIApp", "ASGISocket", "Scope", "asgi_wrapper", "asgi_websocket_request"]
+__all__ = [
+    "ASGIApp",
+    "ASGISocket",
+    "Scope",
+    "asgi_websocket_request",
+    "asgi_wrapper",
+    "reply_chunks",
+]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Any]]
@@ -66,6 +74,19 @@ class ASGISocket:
         if not self.gone:
             self.gone = True
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+async def reply_chunks(reply: Reply) -> AsyncIterator[bytes]:
+    """A watch reply's whole body as an async iterator: its first chunk, even empty (the
+    headers go out at once), then the stream's (released when the iterator is closed)."""
+    assert reply.stream is not None
+    chunks = stream_chunks(reply.stream)
+    try:
+        yield reply.body
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 def asgi_websocket_request(

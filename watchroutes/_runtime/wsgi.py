@@ -26,18 +26,19 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .._core.errors import BadRequest, ClientError
-from .blocking import wsgi_body
+from .blocking import HubThread, wsgi_body
 from .reply import BodyLimit
 
 if TYPE_CHECKING:
     from .answers import RequestInfo
-    from .blocking import HubThread
+    from .hub import Hub
     from .reply import Reply
 
 __all__ = [
     "DEPARTURE_POLL_SECONDS",
     "DRAIN_FACTOR",
     "Departures",
+    "HubThreads",
     "LongPollWait",
     "WSGIBody",
     "chain_sigterm",
@@ -234,3 +235,27 @@ def answer_watched(
     finally:
         departures.forget(sock)
     return reply, pending.left
+
+
+class HubThreads:
+    """The hubs' loop threads of a process under WSGI: one :class:`HubThread` per hub, started
+    on first use (after a fork, never before), and stopped by :meth:`stop` (every watch ended
+    with a final bookmark) from the server's exit hook."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runners: dict[int, HubThread] = {}
+
+    def start(self, hub: Hub) -> HubThread:
+        with self._lock:
+            runner = self._runners.get(id(hub))
+            if runner is None:
+                runner = self._runners[id(hub)] = HubThread(hub).start()
+            return runner
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._lock:
+            runners = list(self._runners.values())
+            self._runners.clear()
+        for runner in runners:
+            runner.stop(timeout)

@@ -35,11 +35,13 @@ An adapter translates; every rule lives in the hub. It reads a request into a
 * **WSGI servers**: :class:`WSGIBody` (a watch's response body, released when its client
   leaves, noticed on :func:`server_socket` where the server gives it), :func:`answer_watched`
   (a long poll cancelled when its client leaves), :func:`read_wsgi_body`,
-  :func:`chain_sigterm` (gunicorn's exit signal), and :func:`serve_threaded`, a WebSocket
+  :func:`chain_sigterm` (gunicorn's exit signal), :class:`HubThreads` (one loop thread per
+  hub, started on first use), and :func:`serve_threaded`, a WebSocket
   watch over a blocking WebSocket (simple-websocket's, made :func:`poking`) through
   :class:`ThreadedSocket`, after :func:`valid_handshake`; :func:`offered_subprotocols`.
 * **ASGI around a handler that refuses lifespan and WebSocket scopes** (Django's):
-  :func:`asgi_wrapper`, :class:`ASGISocket`, :func:`asgi_websocket_request`.
+  :func:`asgi_wrapper`, :class:`ASGISocket`, :func:`asgi_websocket_request`; and
+  :func:`reply_chunks`, a watch reply's whole body as an async iterator.
 
 An adapter imports this module, the public ``watchroutes`` namespace and its own framework;
 never a private module (a test checks). ``docs/adapters.md`` writes one in about 100 lines.
@@ -56,6 +58,7 @@ from .._runtime.answers import RequestInfo as RequestInfo
 from .._runtime.asgi import ASGISocket as ASGISocket
 from .._runtime.asgi import asgi_websocket_request as asgi_websocket_request
 from .._runtime.asgi import asgi_wrapper as asgi_wrapper
+from .._runtime.asgi import reply_chunks as reply_chunks
 from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
 from .._runtime.hub import Hub as Hub
@@ -79,6 +82,7 @@ from .._runtime.websocket import Socket as Socket
 from .._runtime.websocket import WebSocketLimits as WebSocketLimits
 from .._runtime.websocket import WebSocketRequest as WebSocketRequest
 from .._runtime.wsgi import DRAIN_FACTOR as DRAIN_FACTOR
+from .._runtime.wsgi import HubThreads as HubThreads
 from .._runtime.wsgi import WSGIBody as WSGIBody
 from .._runtime.wsgi import answer_watched as answer_watched
 from .._runtime.wsgi import chain_sigterm as chain_sigterm
@@ -95,6 +99,7 @@ __all__ = (
     "Disconnected",
     "Hub",
     "HubThread",
+    "HubThreads",
     "Reply",
     "RequestInfo",
     "Resource",
@@ -116,6 +121,7 @@ __all__ = (
     "poking",
     "read_limited",
     "read_wsgi_body",
+    "reply_chunks",
     "serve",
     "serve_threaded",
     "server_socket",

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 try:
@@ -52,7 +51,7 @@ from . import (
     DEFAULT_MAX_JSON_DEPTH,
     ASGISocket,
     Hub,
-    HubThread,
+    HubThreads,
     Reply,
     RequestInfo,
     Resource,
@@ -66,8 +65,8 @@ from . import (
     is_watch,
     mounted,
     read_limited,
+    reply_chunks,
     status_reply,
-    stream_chunks,
 )
 
 __all__ = [
@@ -90,28 +89,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
 
-_runners: dict[int, HubThread] = {}
-_runners_lock = threading.Lock()
-
-
-def _runner(hub: Hub) -> HubThread:
-    """The hub's loop thread under WSGI: one per hub and process, started on first use and
-    stopped (every watch ended resumably) at exit by ``HubThread``'s owner, :func:`stop`."""
-    with _runners_lock:
-        runner = _runners.get(id(hub))
-        if runner is None:
-            runner = _runners[id(hub)] = HubThread(hub).start()
-        return runner
+_runners = HubThreads()  # the hubs' loop threads under WSGI, started on first use
 
 
 def stop(timeout: float | None = None) -> None:
     """Under WSGI: end every watch with a final bookmark and stop the hubs' threads (call it
     from the server's exit hook, e.g. gunicorn's ``worker_int`` or a SIGTERM handler)."""
-    with _runners_lock:
-        runners = list(_runners.values())
-        _runners.clear()
-    for runner in runners:
-        runner.stop(timeout)
+    _runners.stop(timeout)
 
 
 def post_worker_init(worker: Any) -> None:
@@ -149,17 +133,6 @@ def _release_db() -> None:
             conn.close()
 
 
-async def _async_body(reply: Reply) -> AsyncIterator[bytes]:
-    assert reply.stream is not None
-    chunks = stream_chunks(reply.stream)
-    try:
-        yield reply.body  # even empty: the headers go out at once
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        await chunks.aclose()
-
-
 def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
     """A Django response for ``reply``; a watch streams as the handler needs it (an async
     iterator under ASGI, a plain one under WSGI)."""
@@ -170,7 +143,7 @@ def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
     if reply.stream is None:
         content = [reply.body]
     elif asynchronous:
-        content = _async_body(reply)
+        content = reply_chunks(reply)
     else:
         content = WSGIBody(reply)
     return StreamingHttpResponse(content, status=reply.status, headers=headers)
@@ -218,7 +191,7 @@ def _answer_sync(
     if asynchronous:  # a sync view under ASGI: the hub runs on the server's loop
         reply = async_to_sync(call)(resource.name, info)
     else:
-        reply = _runner(hub).call(call, resource.name, info)
+        reply = _runners.start(hub).call(call, resource.name, info)
     if reply is None:
         return None
     if reply.stream is not None:
