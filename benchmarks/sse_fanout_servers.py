@@ -200,51 +200,56 @@ class Publisher:
             raise RuntimeError("a publisher is already running")
         t0 = time.monotonic_ns()
         self.published = 0
-        run = (
-            self._burst(t0, seconds, count, burst) if burst else self._run(t0, rate, seconds, count)
-        )
-        self.task = asyncio.get_running_loop().create_task(run)
+        steps = schedule(t0, rate, seconds, count, burst)
+        self.task = asyncio.get_running_loop().create_task(self._run(steps))
         return t0
 
-    async def _emit(self, i: int) -> None:
-        result = self.emit(i, make_object(i))
-        if inspect.isawaitable(result):  # an async publish (broadcaster)
-            await result
-        self.published += 1
+    async def _run(self, steps: Iterator[int | float]) -> None:
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)  # (0.0: one turn of the event loop)
+                continue
+            result = self.emit(step, make_object(step))
+            if inspect.isawaitable(result):  # an async publish (broadcaster)
+                await result
+            self.published += 1
 
-    async def _run(self, t0: int, rate: float, seconds: float, count: int) -> None:
-        # Open loop: every event that is due is published when the task runs, late ones in a
-        # burst, so a saturated event loop does not slow the publisher down (the events queue
-        # up in the server, where the latency shows them). A server whose publishing itself is
-        # the bottleneck (the raw one writes to every socket inside ``emit``) publishes fewer:
-        # nothing is published after the window, so the run stays bounded.
-        interval = 1e9 / rate
-        stop = t0 + int(seconds * 1e9)
-        i = 0
-        while i < count:
-            woke = time.monotonic_ns()
-            # Publish what was due when the task woke, then yield (late events wait a turn).
-            while i < count and t0 + int(i * interval) <= woke:
-                if time.monotonic_ns() >= stop:
-                    return
-                await self._emit(i)
-                i += 1
-            now = time.monotonic_ns()
-            if now >= stop:
-                return
-            await asyncio.sleep(max(0.0, (t0 + int(i * interval) - now) / 1e9))
 
-    async def _burst(self, t0: int, seconds: float, count: int, burst: int) -> None:
-        # As fast as the server fans out: ``burst`` events, then one turn of the event loop
-        # (every woken watcher writes before the next group), so no queue grows past about
-        # ``burst`` events and the throughput is the fan-out's, not the publisher's.
-        stop = t0 + int(seconds * 1e9)
-        i = 0
+def schedule(t0: int, rate: float, seconds: float, count: int, burst: int) -> Iterator[int | float]:
+    """The publisher's steps: an ``int`` is the index of the event to publish now, a ``float``
+    the seconds to sleep (or yield: ``0.0``) before the next step.
+
+    Paced (``burst`` 0), an open loop: every event that is due is published when the
+    publisher runs, late ones in a burst, so a saturated server does not slow the publisher
+    down (the events queue up in the server, where the latency shows them). A server whose
+    publishing itself is the bottleneck (the raw one writes to every socket inside ``emit``)
+    publishes fewer: nothing is published after the window, so the run stays bounded.
+
+    With ``burst``: as fast as the server fans out, ``burst`` events, then one yield (every
+    woken watcher writes before the next group), so no queue grows past about ``burst`` events
+    and the throughput is the fan-out's, not the publisher's."""
+    stop = t0 + int(seconds * 1e9)
+    i = 0
+    if burst:
         while i < count and time.monotonic_ns() < stop:
             for _ in range(min(burst, count - i)):
-                await self._emit(i)
+                yield i
                 i += 1
-            await asyncio.sleep(0)
+            yield 0.0
+        return
+    interval = 1e9 / rate
+    while i < count:
+        woke = time.monotonic_ns()
+        # Publish what was due when the publisher woke, then sleep (late events wait a turn).
+        while i < count and t0 + int(i * interval) <= woke:
+            if time.monotonic_ns() >= stop:
+                return
+            yield i
+            i += 1
+        now = time.monotonic_ns()
+        if now >= stop:
+            return
+        yield max(0.0, (t0 + int(i * interval) - now) / 1e9)
 
 
 def parse_start(query: str) -> tuple[float, float, int, int]:
@@ -715,40 +720,20 @@ class ThreadPublisher:
             raise RuntimeError("a publisher is already running")
         t0 = time.monotonic_ns()
         self.published = 0
-        args = (t0, seconds, count, burst) if burst else (t0, rate, seconds, count)
-        target = self._burst if burst else self._run
-        self.thread = threading.Thread(target=target, args=args, name="publisher", daemon=True)
+        steps = schedule(t0, rate, seconds, count, burst)
+        self.thread = threading.Thread(
+            target=self._run, args=(steps,), name="publisher", daemon=True
+        )
         self.thread.start()
         return t0
 
-    def _emit(self, i: int) -> None:
-        self.emit(i, make_object(i))
-        self.published += 1
-
-    def _run(self, t0: int, rate: float, seconds: float, count: int) -> None:
-        interval = 1e9 / rate
-        stop = t0 + int(seconds * 1e9)
-        i = 0
-        while i < count:
-            woke = time.monotonic_ns()
-            while i < count and t0 + int(i * interval) <= woke:
-                if time.monotonic_ns() >= stop:
-                    return
-                self._emit(i)
-                i += 1
-            now = time.monotonic_ns()
-            if now >= stop:
-                return
-            time.sleep(max(0.0, (t0 + int(i * interval) - now) / 1e9))
-
-    def _burst(self, t0: int, seconds: float, count: int, burst: int) -> None:
-        stop = t0 + int(seconds * 1e9)
-        i = 0
-        while i < count and time.monotonic_ns() < stop:
-            for _ in range(min(burst, count - i)):
-                self._emit(i)
-                i += 1
-            time.sleep(0)
+    def _run(self, steps: Iterator[int | float]) -> None:
+        for step in steps:
+            if isinstance(step, float):
+                time.sleep(step)  # (0.0: the watchers' threads take the GIL)
+                continue
+            self.emit(step, make_object(step))
+            self.published += 1
 
 
 def _flask_control(
