@@ -6,6 +6,7 @@ while it is read and every write bounded by the hubs' write timeout.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -130,17 +131,85 @@ def asgi_wrapper(
         elif scope["type"] == "websocket":
             await websocket(scope, receive, send)
         else:
-
-            async def timed_send(message: Any) -> None:
-                try:
-                    with anyio.fail_after(write_timeout):
-                        await send(message)
-                except TimeoutError:
-                    raise aborted from None
-
-            await _limited(application, max_body, scope, receive, timed_send)
+            deadline = _WriteDeadline(write_timeout, aborted)
+            try:
+                await _limited(application, max_body, scope, receive, deadline.bind(send))
+            finally:
+                deadline.close()
 
     return app
+
+
+class _WriteDeadline:
+    """The time limit of each write of one response. On asyncio one timer serves all its
+    writes: a write only stamps its deadline, and the timer, when it fires, cancels a write
+    still running past its deadline or moves on to the current deadline (a timer and a cancel
+    scope per write cost ten times the write). Elsewhere, a cancel scope per write."""
+
+    def __init__(self, timeout: float, aborted: type[BaseException]) -> None:
+        self.timeout = timeout
+        self.aborted = aborted
+        self.loop = _running_asyncio_loop()
+        self.due: float | None = None  # the running write's deadline (None: no write)
+        self.timer: asyncio.TimerHandle | None = None
+        self.writer: asyncio.Task[Any] | None = None
+        self.expired = False
+
+    def bind(self, send: Send) -> Send:
+        loop = self.loop
+        if loop is None:
+
+            async def scoped_send(message: Any) -> None:
+                try:
+                    with anyio.fail_after(self.timeout):
+                        await send(message)
+                except TimeoutError:
+                    raise self.aborted from None
+
+            return scoped_send
+
+        async def timed_send(message: Any) -> None:
+            self.due = due = loop.time() + self.timeout
+            if self.timer is None:
+                self.timer = loop.call_at(due, self._check)
+            self.writer = asyncio.current_task()
+            try:
+                await send(message)
+            except asyncio.CancelledError:
+                if not self.expired:
+                    raise
+                self.expired = False
+                if self.writer is not None:
+                    self.writer.uncancel()
+                raise self.aborted from None
+            finally:
+                self.due = self.writer = None
+
+        return timed_send
+
+    def _check(self) -> None:
+        assert self.loop is not None
+        self.timer = None
+        due = self.due
+        if due is None:  # no write running: the next one arms the timer again
+            return
+        if self.loop.time() < due:  # an earlier write ended; this one has time left
+            self.timer = self.loop.call_at(due, self._check)
+        elif self.writer is not None:
+            self.expired = True
+            self.writer.cancel()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return None
 
 
 async def _limited(
