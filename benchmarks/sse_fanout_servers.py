@@ -4,15 +4,17 @@
 
     .venv/bin/python benchmarks/sse_fanout_servers.py watchroutes [--port 0] [--cpu 0]
     .venv/bin/python benchmarks/sse_fanout_servers.py raw [--port 0] [--cpu 0]
-    (also watchroutes-httptools, watchroutes-aiohttp, raw-uvloop, sse-starlette, broadcaster,
-    aiohttp, asgi-floor, starlette-floor)
+    (also watchroutes-httptools, watchroutes-asgi, watchroutes-aiohttp, raw-uvloop,
+    sse-starlette, broadcaster, aiohttp, asgi-floor, starlette-floor)
 
 ``watchroutes``
     A Starlette app whose ``GET /orders`` is ``watch_endpoint(orders)``, served by uvicorn
     through ``watchroutes.adapters.uvicorn.Server``. Every call of
     ``watchroutes._core.events.encode`` (the package's JSON encoder, which ``Frame.json`` looks
     up as a module global) is counted, so the benchmark can show that an event is encoded once
-    however many watchers receive it.
+    however many watchers receive it. ``Server`` serves it with its own h11 protocol, which
+    offers each connection to the direct write path: a publish writes to every idle watcher
+    itself.
 ``raw``
     The least a Python SSE fan-out can do: ``asyncio.start_server``, read the request head,
     write the response head and ``retry: 2000``, keep the transports, and write each event's
@@ -21,7 +23,10 @@
     event loop and the kernel allow.
 ``watchroutes-httptools``
     The same app with uvicorn's httptools protocol instead of h11 (what ``uvicorn[standard]``
-    and the ``server`` extra install; the asyncio loop still).
+    and the ``server`` extra install; the asyncio loop still), also on the direct write path.
+``watchroutes-asgi``
+    The same app on uvicorn's own httptools protocol (``Server(direct=False)``, as under
+    hypercorn or daphne): no direct write path, a task per watcher wakes for every event.
 ``watchroutes-aiohttp``
     The same hub through ``watchroutes.adapters.aiohttp`` (``watch_handler(orders)``) on
     aiohttp's own server, next to ``aiohttp`` below.
@@ -133,6 +138,7 @@ Emit = Callable[[int, dict[str, Any]], Awaitable[None] | None]
 SERVERS: Final = (
     "watchroutes",
     "watchroutes-httptools",
+    "watchroutes-asgi",
     "watchroutes-aiohttp",
     "raw",
     "raw-uvloop",
@@ -299,7 +305,9 @@ class _Watchroutes:
         }
 
 
-def run_watchroutes(host: str, port: int, http: Literal["h11", "httptools"] = "h11") -> None:
+def run_watchroutes(
+    host: str, port: int, http: Literal["h11", "httptools"] = "h11", *, direct: bool = True
+) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Route, WebSocketRoute
 
@@ -313,7 +321,7 @@ def run_watchroutes(host: str, port: int, http: Literal["h11", "httptools"] = "h
             *_control_routes(wr.publisher, wr.stats, wr.on_start),
         ]
     )
-    _run_uvicorn(app, host, port, hubs=[wr.hub], http=http)
+    _run_uvicorn(app, host, port, hubs=[wr.hub], http=http, direct=direct)
 
 
 def run_watchroutes_aiohttp(host: str, port: int) -> None:
@@ -324,7 +332,7 @@ def run_watchroutes_aiohttp(host: str, port: int) -> None:
 
     wr = _Watchroutes()
     app = web.Application()
-    setup(app, wr.hub)
+    setup(app, wr.hub, freeze_gc=True)  # (as the uvicorn Server does)
     app.router.add_get("/orders", watch_handler(wr.orders))  # also WebSockets (idle_memory.py)
     _serve_aiohttp(app, host, port, wr.publisher, wr.stats, wr.on_start)
 
@@ -1049,9 +1057,11 @@ def _run_uvicorn(
     hubs: Sequence[Hub] = (),
     http: Literal["h11", "httptools"] = "h11",
     lifespan: Literal["on", "off"] = "off",
+    direct: bool = False,
 ) -> None:
     """Serve ``app`` with uvicorn, announcing ``ready URL``; watchroutes' ``Server`` also ends
-    the hubs' watches on the exit signal (it is a plain uvicorn server for the peers)."""
+    the hubs' watches on the exit signal, and with ``direct`` serves with the protocols of the
+    direct write path (for the peers it is a plain uvicorn server)."""
     import uvicorn
 
     from watchroutes.adapters.uvicorn import Server
@@ -1067,7 +1077,7 @@ def _run_uvicorn(
         loop=UVICORN_LOOP,
         http=http,
     )
-    Server(config, hubs=list(hubs), announce=True).run()
+    Server(config, hubs=list(hubs), announce=True, direct=direct).run()
 
 
 def _report_gc() -> None:
@@ -1169,6 +1179,8 @@ def serve(args: argparse.Namespace) -> None:
         run_watchroutes(args.host, args.port)
     elif args.server == "watchroutes-httptools":
         run_watchroutes(args.host, args.port, http="httptools")
+    elif args.server == "watchroutes-asgi":
+        run_watchroutes(args.host, args.port, http="httptools", direct=False)
     elif args.server == "watchroutes-aiohttp":
         run_watchroutes_aiohttp(args.host, args.port)
     elif args.server == "broadcaster":

@@ -14,10 +14,12 @@ from watchroutes import (
     AuthRequest,
     BadRequest,
     ClientError,
+    Hub,
     MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
 )
+from watchroutes.adapters import freeze_startup_objects
 from watchroutes.adapters.aiohttp import (
     error_response,
     is_websocket,
@@ -30,12 +32,14 @@ from watchroutes.adapters.aiohttp import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
     Writes,
     check_patch_type,
-    check_socket_token,
     check_token,
     make_hub,
     metrics_text,
@@ -45,6 +49,10 @@ from .orders import (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: Where the application keeps its hub (``app[HUB]``).
+HUB = web.AppKey("hub", Hub)
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -71,11 +79,7 @@ def create_app(settings: Settings) -> web.Application:
                 and not is_websocket(request)
                 and request.method != "OPTIONS"  # a preflight carries no credentials
             ):
-                check_token(
-                    settings,
-                    request.headers.get("authorization"),
-                    request.query.get("access_token") if request.method == "GET" else None,
-                )
+                check_token(settings, auth(request))  # before a write reads its body
             return await handler(request)
         except ClientError as exc:
             return error_response(exc)
@@ -97,19 +101,14 @@ def create_app(settings: Settings) -> web.Application:
                 return json_response({"message": exc.reason}, exc.status)
             return error_response(error)
 
-    def authorize(request: web.Request, token: str | None) -> None:
-        check_socket_token(settings, request, token)
-
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    check = authorize if settings.token is not None else None
-
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
     # (the handlers are the library's list and do no checks of their own: the hub's Access
     # hooks guard every watch, so they need not run first for one)
-    @watchable(orders, authorize=check, run_endpoint=False)
+    @watchable(orders, run_endpoint=False)
     async def list_orders(request: web.Request) -> web.StreamResponse:
         return await list_response(orders, request)
 
-    @watchable(orders, key="name", authorize=check, run_endpoint=False)
+    @watchable(orders, key="name", run_endpoint=False)
     async def get_order(request: web.Request) -> web.StreamResponse:
         return await list_response(orders, request, key="name")
 
@@ -134,6 +133,9 @@ def create_app(settings: Settings) -> web.Application:
     async def page(request: web.Request) -> web.StreamResponse:
         return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
 
+    async def browser_module(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=BROWSER_MODULE, headers={"content-type": BROWSER_MODULE_TYPE})
+
     async def metrics(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=metrics_text(hub),
@@ -149,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_startup.append(seed)
     # GET routes take HEAD too: the same answer without its body (no watch)
     app.router.add_get("/", page)
+    app.router.add_get(BROWSER_MODULE_PATH, browser_module)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/orders", list_orders)
     app.router.add_post("/orders", create_order)
@@ -159,7 +162,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.cors_origins:  # the CORS preflight (otherwise OPTIONS is a 405)
         app.router.add_route("OPTIONS", "/orders", list_orders)
         app.router.add_route("OPTIONS", "/orders/{name}", get_order)
-    app["hub"] = hub
+    app[HUB] = hub
     return app
 
 
@@ -172,6 +175,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    freeze_startup_objects()  # the serving process: shorter collector pauses (operations.md)
     host, port = runner.addresses[0][:2]
     if ":" in host:
         host = f"[{host}]"

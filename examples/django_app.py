@@ -31,6 +31,9 @@ from watchroutes.adapters.django import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -89,8 +92,8 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
         async def wrapper(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
             try:
                 if request.method != "OPTIONS":  # a CORS preflight carries no credentials
-                    query = request.GET.get("access_token") if request.method == "GET" else None
-                    check_token(settings, request.headers.get("authorization"), query)
+                    # (before a write reads its body)
+                    check_token(settings, request_info(request).auth())
                 response: HttpResponseBase = await view(request, **kwargs)
             except ClientError as exc:
                 return error_response(exc)
@@ -129,6 +132,9 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
     async def page(request: HttpRequest) -> HttpResponse:
         return HttpResponse(PAGE, content_type="text/html; charset=utf-8")
 
+    async def browser_module(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(BROWSER_MODULE, content_type=BROWSER_MODULE_TYPE)
+
     async def metrics(request: HttpRequest) -> HttpResponse:
         return HttpResponse(
             metrics_text(hub), content_type="text/plain; version=0.0.4; charset=utf-8"
@@ -143,6 +149,7 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
     urlconf = ModuleType("orders_urls")  # what urls.py would be
     urlconf.urlpatterns = [  # type: ignore[attr-defined]
         path("", page),
+        path(BROWSER_MODULE_PATH.lstrip("/"), browser_module),
         path("metrics", metrics),
         path("orders", guarded(collection)),
         path("orders/<str:name>", guarded(item)),
@@ -152,12 +159,8 @@ def create_app(settings: Settings) -> tuple[Any, Hub]:
     configure(urlconf)
     from django.core.asgi import get_asgi_application
 
-    def authorize(token: str | None) -> None:
-        check_token(settings, None, token)
-
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    check = authorize if settings.token is not None else None
-    return asgi(get_asgi_application(), hub, authorize=check, max_body=MAX_BODY), hub
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
+    return asgi(get_asgi_application(), hub, max_body=MAX_BODY), hub
 
 
 def main(settings: Settings) -> None:

@@ -23,12 +23,14 @@ from watchroutes.adapters.starlette import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
     Writes,
     check_patch_type,
-    check_socket_token,
     check_token,
     make_hub,
     metrics_text,
@@ -53,26 +55,15 @@ def create_app(settings: Settings) -> FastAPI:
         path = request.url.path
         if request.method != "OPTIONS" and (path == "/orders" or path.startswith("/orders/")):
             try:
-                query = request.query_params.get("access_token")
-                check_token(
-                    settings,
-                    request.headers.get("authorization"),
-                    query if request.method == "GET" else None,
-                )
+                check_token(settings, auth(request))  # before a write reads its body
             except ClientError as exc:
                 return error_response(exc)
         response: Response = await call_next(request)
         return response
 
-    def authorize(websocket: object, token: str | None) -> None:
-        check_socket_token(settings, websocket, token)
-
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    check = authorize if settings.token is not None else None
-    app.add_api_websocket_route("/orders", websocket_endpoint(orders, authorize=check))
-    app.add_api_websocket_route(
-        "/orders/{name}", websocket_endpoint(orders, key="name", authorize=check)
-    )
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
+    app.add_api_websocket_route("/orders", websocket_endpoint(orders))
+    app.add_api_websocket_route("/orders/{name}", websocket_endpoint(orders, key="name"))
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> Response:
@@ -103,6 +94,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
         return Response(PAGE, media_type="text/html; charset=utf-8")
+
+    @app.api_route(BROWSER_MODULE_PATH, methods=["GET", "HEAD"], include_in_schema=False)
+    async def browser_module() -> Response:
+        return Response(BROWSER_MODULE, media_type=BROWSER_MODULE_TYPE)
 
     @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
     async def metrics() -> Response:

@@ -31,6 +31,9 @@ from watchroutes.adapters.flask import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
@@ -63,13 +66,10 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
     hub.max_watches = threads - max(2, threads // 8)
     writes = Writes(orders, users_of(settings))
 
-    def authorize(token: str | None) -> None:
-        check_token(settings, None, token)
-
     app = Flask(__name__)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS: 405 with Allow (no CORS here)
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    WatchRoutes(app, hub, authorize=authorize if settings.token is not None else None)
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
+    WatchRoutes(app, hub)
 
     @app.before_request
     def guard() -> Response | None:
@@ -83,8 +83,7 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
             return None  # the hub checks a socket's credentials (and closes 4401)
         if request.method == "OPTIONS":
             return None  # a CORS preflight carries no credentials
-        query_token = request.args.get("access_token") if request.method == "GET" else None
-        check_token(settings, request.headers.get("authorization"), query_token)
+        check_token(settings, request_info().auth())  # before a write reads its body
         return None
 
     @app.errorhandler(ClientError)
@@ -144,6 +143,10 @@ def create_app(settings: Settings, *, threads: int = THREADS) -> Flask:
     @app.get("/")
     def page() -> Response:
         return Response(PAGE, mimetype="text/html")
+
+    @app.get(BROWSER_MODULE_PATH)
+    def browser_module() -> Response:
+        return Response(BROWSER_MODULE, content_type=BROWSER_MODULE_TYPE)
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from watchroutes import (
 from watchroutes.prometheus import PrometheusMetrics
 
 PAGE = (Path(__file__).parent / "static" / "index.html").read_bytes()
+#: watchroutes.js, the browser module the page imports its Informer from (the wheel ships it;
+#: watchroutes.client.browser_module() returns the same bytes, with the client extra), served
+#: at :data:`BROWSER_MODULE_PATH` with a JavaScript type (browsers refuse a module without).
+BROWSER_MODULE = resources.files("watchroutes").joinpath("static/watchroutes.js").read_bytes()
+BROWSER_MODULE_PATH = "/static/watchroutes.js"
+BROWSER_MODULE_TYPE = "text/javascript; charset=utf-8"
 #: The largest body a write reads (the adapters' ``read_body`` stops reading past it).
 MAX_BODY = 1024 * 1024
 PATCH_TYPES = ("application/merge-patch+json", "application/json")
@@ -253,13 +260,16 @@ def make_hub(settings: Settings) -> tuple[Hub, Resource]:
     if backend in ("", "memory", "memory://"):
         backend = None
     users = Users(settings.users, settings.token_ttl) if settings.users else None
+    access = users.access() if users is not None else None
+    if settings.token is not None:
+        access = SharedToken(settings.token).access()
     per_user = settings.max_watches_per_user
     hub = Hub(
         heartbeat=settings.heartbeat,
         buffer=settings.buffer,
         metrics=PrometheusMetrics(),
         backend=backend,
-        access=None if users is None else users.access(),
+        access=access,
         watch_limits=None if per_user is None else WatchLimits(per_principal=per_user),
         cors=Cors(settings.cors_origins) if settings.cors_origins else None,
     )
@@ -292,24 +302,37 @@ def users_of(settings: Settings) -> Users | None:
     return Users(settings.users, settings.token_ttl) if settings.users else None
 
 
-def check_token(settings: Settings, authorization: str | None, query_token: str | None) -> None:
-    """``--token T``: ``Authorization: Bearer T``, or ``access_token=T`` on a GET
-    (EventSource). (``--users`` is checked by the hub's hooks and :class:`Users`.)"""
-    if settings.token is None:
-        return
-    given = None
-    if authorization and authorization[:7].lower() == "bearer ":
-        given = authorization[7:].strip()
-    elif query_token is not None:
-        given = query_token
-    if given is None or not hmac.compare_digest(given.encode(), settings.token.encode()):
+class SharedToken:
+    """``--token T``: one bearer token guards ``/orders``; whoever presents it sees every
+    order. The hub's ``Access`` hook checks it on lists, gets and every watch transport
+    (WebSockets included); the apps call :func:`check_token` before a write reads its body.
+    """
+
+    #: The principal of every request that presented the token.
+    PRINCIPAL = Principal("token")
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def authenticate(self, request: AuthRequest) -> Principal | None:
+        """The ``authenticate`` hook: a subprotocol, ``Authorization: Bearer``, or
+        ``access_token`` on the query of a GET (EventSource) or a handshake (protocol.md §6:
+        unlike ``--users``, no cookie)."""
+        query = request.method in ("GET", "WEBSOCKET")
+        token = request.bearer_token(cookie=None, query=query)
+        if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
+            return None
+        return self.PRINCIPAL
+
+    def access(self) -> Access:
+        return Access(authenticate=self.authenticate)
+
+
+def check_token(settings: Settings, request: AuthRequest) -> None:
+    """``--token T``: 401 (the generic message) unless ``request`` presents T, by the hook's
+    own rule. (``--users`` is checked by the hub's hooks and :class:`Users`.)"""
+    if settings.token is not None and SharedToken(settings.token).authenticate(request) is None:
         raise Unauthorized(UNAUTHORIZED)
-
-
-def check_socket_token(settings: Settings, websocket: object, token: str | None) -> None:
-    """The same rule for a WebSocket: the token it presented (subprotocol ``bearer.<T>``,
-    ``Authorization: Bearer T`` or ``access_token=T``), or 4401."""
-    check_token(settings, None, token)
 
 
 def check_patch_type(content_type: str | None) -> None:

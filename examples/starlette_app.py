@@ -21,12 +21,14 @@ from watchroutes.adapters.starlette import (
 )
 
 from .orders import (
+    BROWSER_MODULE,
+    BROWSER_MODULE_PATH,
+    BROWSER_MODULE_TYPE,
     MAX_BODY,
     PAGE,
     Settings,
     Writes,
     check_patch_type,
-    check_socket_token,
     check_token,
     make_hub,
     metrics_text,
@@ -53,11 +55,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 if request.method == "OPTIONS":  # a preflight carries no credentials
                     return await endpoint(request)
-                check_token(
-                    settings,
-                    request.headers.get("authorization"),
-                    request.query_params.get("access_token") if request.method == "GET" else None,
-                )
+                check_token(settings, auth(request))  # before a write reads its body
                 return await endpoint(request)
             except ClientError as exc:
                 return error_response(exc)
@@ -118,6 +116,9 @@ def create_app(settings: Settings) -> Starlette:
     async def page(request: Request) -> Response:
         return Response(PAGE, media_type="text/html; charset=utf-8")
 
+    async def browser_module(request: Request) -> Response:
+        return Response(BROWSER_MODULE, media_type=BROWSER_MODULE_TYPE)
+
     async def metrics(request: Request) -> Response:
         return Response(metrics_text(hub), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -130,19 +131,13 @@ def create_app(settings: Settings) -> Starlette:
             return error_response(NotFound(f"no route for {request.url.path[:200]}"))
         return JSONResponse({"message": exc.detail}, status_code=exc.status_code)
 
-    def authorize(websocket: object, token: str | None) -> None:
-        check_socket_token(settings, websocket, token)
-
-    # --token: checked here; --users: the hub's Access hooks check every socket
-    check = authorize if settings.token is not None else None
-
+    # --token and --users: the hub's Access hooks check every socket (no legacy authorize hook)
     app = Starlette(
         routes=[
-            WebSocketRoute("/orders", websocket_endpoint(orders, authorize=check)),
-            WebSocketRoute(
-                "/orders/{name}", websocket_endpoint(orders, key="name", authorize=check)
-            ),
+            WebSocketRoute("/orders", websocket_endpoint(orders)),
+            WebSocketRoute("/orders/{name}", websocket_endpoint(orders, key="name")),
             Route("/", page),
+            Route(BROWSER_MODULE_PATH, browser_module),
             Route("/metrics", metrics),
             Route("/orders", guarded(collection), methods=["GET", "POST", *cors]),
             Route(

@@ -313,3 +313,88 @@ async def test_a_writer_waits_for_the_lock_no_longer_than_the_timeout(h: Harness
         await holder.rollback()
     assert (await impatient.append(write("a"), KEEP)).rv > start
     assert [r.key for r in await log.read("orders", start)] == ["a"]
+
+
+def sync_app_connection(log: PostgresLog) -> psycopg.Connection[tuple[object, ...]]:
+    conn = psycopg.connect(POSTGRES_URL, autocommit=True)
+    table = sql.Identifier(log.schema, "app_orders")
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY)").format(table))
+    return conn
+
+
+async def test_the_sync_outbox_commits_and_rolls_back_with_the_app(h: Harness) -> None:
+    """``append_in_sync``: the same statements on a synchronous connection (Django's)."""
+    log = node(h)
+    loaded = await log.open(RES)
+    table = sql.Identifier(log.schema, "app_orders")
+
+    def work() -> int:
+        with sync_app_connection(log) as conn:
+
+            def change_then_fail() -> None:
+                with conn.transaction():
+                    conn.execute(sql.SQL("INSERT INTO {} VALUES ('a')").format(table))
+                    log.append_in_sync(conn, write("a"), KEEP)
+                    raise Rollback
+
+            with pytest.raises(Rollback):
+                change_then_fail()
+            with pytest.raises(UsageError, match="needs a transaction"):
+                log.append_in_sync(conn, write("b"), KEEP)
+            with conn.transaction():
+                conn.execute(sql.SQL("INSERT INTO {} VALUES ('b')").format(table))
+                return log.append_in_sync(conn, write("b"), KEEP)
+
+    rv = await anyio.to_thread.run_sync(work)
+    records = await log.read("orders", loaded.head)
+    assert [(r.rv, r.key) for r in records] == [(rv, "b")]  # "a" rolled back with its row
+
+
+async def test_hub_publish_in_reaches_watchers_at_the_commit_only(h: Harness) -> None:
+    """``hub.publish_in``: the hub's rules, the outbox's atomicity; the watchers of every node
+    get the change through the follower once the app commits."""
+    from watchroutes import Hub, Invalid
+    from watchroutes._runtime.hub import RequestInfo
+
+    hub = Hub(backend=node(h), heartbeat=1.0)
+    orders = hub.resource("orders", kind="Order")
+    table = sql.Identifier(node(h).schema, "app_orders")
+    async with hub:
+        reply = await hub.answer("orders", RequestInfo(query=[("watch", "true")]))
+        assert reply.stream is not None
+        seen: list[bytes] = []
+        arrived = anyio.Event()
+
+        async def send(data: bytes) -> None:
+            seen.append(data)
+            if b'"o-1"' in data:
+                arrived.set()
+
+        def work() -> int:
+            with sync_app_connection(node(h)) as conn:
+                bad = {"metadata": {"name": "Not_A_Name"}}
+                with pytest.raises(Invalid), conn.transaction():  # the hub's object rules
+                    orders.publish_in(conn, "ADDED", bad)
+                with conn.transaction():
+                    conn.execute(sql.SQL("INSERT INTO {} VALUES ('o-1')").format(table))
+                    rv = orders.publish_in(conn, "ADDED", {"metadata": {"name": "o-1"}})
+                    time.sleep(0.3)  # not visible before the commit
+                    assert not any(b"o-1" in chunk for chunk in seen)
+                return rv
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reply.stream.run, send)
+                rv = await anyio.to_thread.run_sync(work)
+                await arrived.wait()
+                tg.cancel_scope.cancel()
+        assert any(str(rv).encode() in chunk for chunk in seen)
+        assert (await orders.aget("o-1"))["metadata"]["resourceVersion"] == str(rv)
+
+
+async def test_publish_in_needs_the_postgres_log() -> None:
+    from watchroutes import Hub
+
+    orders = Hub().resource("orders")
+    with pytest.raises(UsageError, match="PostgreSQL"):
+        orders.publish_in(object(), "ADDED", {"metadata": {"name": "a"}})

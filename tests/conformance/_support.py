@@ -563,7 +563,9 @@ class MemoryServer(Server):
         self.args = args
         self.app = app
         self.base_url = "http://testserver"
-        self.transport = StreamingASGITransport(app)
+        # (the plain ASGI path, as under Hypercorn: the real-server variants run the direct
+        # write path and the hand-over of watchroutes' uvicorn protocols)
+        self.transport = StreamingASGITransport(app, direct=False)
         self.client = httpx.Client(
             transport=self.transport, base_url=self.base_url, timeout=READ_TIMEOUT
         )

@@ -32,6 +32,7 @@ import websocket
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
 
 ROOT = Path(__file__).resolve().parents[2]
+BROWSER_MODULE = (ROOT / "watchroutes" / "static" / "watchroutes.js").read_bytes()
 SERVE_ON = ("--host", "127.0.0.1", "--port", "0")
 WAIT = 10.0  # seconds for any one thing the page should show
 T = TypeVar("T")
@@ -100,10 +101,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(5)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+            proc.wait()  # a SIGKILL ends it; on a loaded machine the reaping may take seconds
 
 
 # --- the example server -------------------------------------------------------------------
@@ -302,7 +303,10 @@ def is_live(count: int) -> Callable[[Snapshot], bool]:
     return check
 
 
-@pytest.mark.parametrize("framework", ["starlette", "flask", "django"])
+FRAMEWORKS = ["starlette", "fastapi", "aiohttp", "flask", "django"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_page_follows_creates_patches_and_deletes(
     tab: Tab, start_app: Callable[..., App], tmp_path: Path, framework: str
 ) -> None:
@@ -313,6 +317,14 @@ def test_page_follows_creates_patches_and_deletes(
     assert snap.error == ""
 
     with httpx.Client(base_url=app.url, timeout=WAIT) as http:
+        # the page's informer is the package's browser module, served by the example
+        module = http.get("/static/watchroutes.js")
+        assert module.headers["content-type"].startswith("text/javascript")
+        assert module.content == BROWSER_MODULE
+        page = http.get("/").text
+        assert 'import { Informer } from "/static/watchroutes.js";' in page
+        assert "new EventSource" not in page  # no stream code of its own
+        assert tab.evaluate("typeof EventSource") == "function"  # the informer's mode
         order = {
             "metadata": {"name": "o-9", "labels": {"region": "eu"}},
             "spec": {"item": "book", "qty": 2},
@@ -347,10 +359,11 @@ def test_page_follows_creates_patches_and_deletes(
         Path(target).write_bytes(png)
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_token_in_the_query_is_live_and_missing_token_is_closed(
-    tab: Tab, start_app: Callable[..., App]
+    tab: Tab, start_app: Callable[..., App], framework: str
 ) -> None:
-    app = start_app("--seed", "2", "--token", "s3cret")
+    app = start_app("--seed", "2", "--token", "s3cret", framework=framework)
 
     tab.open(app.url + "/?access_token=s3cret")
     tab.wait_for("the page to go live with the token", is_live(2))

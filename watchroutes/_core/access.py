@@ -22,7 +22,9 @@ ends every watch of a principal at once (403 ``access revoked``).
 Token sources (:meth:`AuthRequest.bearer_token`): ``Authorization: Bearer``, a cookie, the
 ``access_token`` query parameter (EventSource cannot send headers; off unless a route asks),
 and the WebSocket subprotocols ``bearer.<token>`` and Kubernetes'
-``base64url.bearer.authorization.k8s.io.<base64url token>``.
+``base64url.bearer.authorization.k8s.io.<base64url token>``. A request whose sources carry
+different tokens, or that repeats ``Authorization``, is a 400: picking one would let a proxy
+or a script that adds a header decide, silently, who the request acts for.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .errors import Unauthorized
+from .errors import BadRequest, Unauthorized
 
 __all__ = [
     "CREDENTIALS_EXPIRED",
+    "DUPLICATE_AUTHORIZATION",
     "K8S_SUBPROTOCOL",
     "REVOKED",
     "UNAUTHORIZED",
@@ -98,26 +101,65 @@ class AuthRequest:
     method: str = "GET"
 
     def bearer_token(self, *, cookie: str | None = "token", query: bool = False) -> str | None:
-        """The bearer token from the first source that has one: a WebSocket subprotocol, the
-        ``Authorization: Bearer`` header, the ``cookie`` named, then (only if ``query``) the
-        ``access_token`` query parameter. ``None`` when there is none or it is malformed."""
+        """The bearer token the request presents: in a WebSocket subprotocol, the
+        ``Authorization: Bearer`` header, the ``cookie`` named, or (only if ``query``) the
+        ``access_token`` query parameter. ``None`` when there is none or it is malformed, or
+        when the ``Authorization`` header has another scheme (never a fallback to the rest).
+
+        Ambiguous credentials are a 400 (:class:`BadRequest`) naming what was wrong, never
+        the token: more than one ``Authorization`` header (a list-valued mapping, or values
+        joined with ``,`` as WSGI servers and Django join repeated headers; a bearer token
+        has no comma, RFC 6750 §2.1), or sources that carry different tokens. The same token
+        in several sources (a header and a cookie) is one token.
+        """
+        found: list[tuple[str, str | None]] = []  # (source, token) in order of precedence
         for protocol in self.subprotocols:
-            token = subprotocol_token(protocol)
-            if token is not None:
-                return token
-        header = self.headers.get("authorization")
-        if header is not None:
-            scheme, _, value = header.strip().partition(" ")
-            if scheme.lower() == "bearer" and value.strip():
-                return _bounded(value.strip())
-            return None  # another scheme, or an empty token: never a fallback to the rest
+            if carries_token(protocol):
+                found.append(("a bearer subprotocol", subprotocol_token(protocol)))
+        headers = _header_values(self.headers, "authorization")
+        if len(headers) > 1:
+            raise BadRequest(f"conflicting credentials: {DUPLICATE_AUTHORIZATION}")
+        if headers:
+            scheme, _, value = headers[0].strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                return None  # another scheme, or an empty token: never a fallback to the rest
+            found.append(("the Authorization header", _bounded(value.strip())))
         if cookie is not None and self.cookies.get(cookie):
-            return _bounded(self.cookies[cookie])
+            found.append((f"the {cookie!r} cookie", _bounded(self.cookies[cookie])))
         if query:
             for name, value in self.query:
                 if name == "access_token" and value:
-                    return _bounded(value)
-        return None
+                    found.append(("the access_token query parameter", _bounded(value)))
+        if not found:
+            return None
+        first_source, token = found[0]
+        for source, other in found[1:]:
+            if other != token:
+                raise BadRequest(
+                    f"conflicting credentials: {first_source} and {source} carry different"
+                    " tokens; send one"
+                )
+        return token
+
+
+#: The 400's detail for a repeated ``Authorization`` header.
+DUPLICATE_AUTHORIZATION: Final = "more than one Authorization header; send one"
+
+
+def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of header ``name``: all of a multi-valued mapping's (multidict's
+    ``getall``, Starlette's and Werkzeug's ``getlist``), each split at commas (the values of
+    a repeated header, joined by the server)."""
+    getall = getattr(headers, "getall", None)
+    getlist = getattr(headers, "getlist", None)
+    if callable(getall):
+        values = [str(v) for v in getall(name, [])]
+    elif callable(getlist):
+        values = [str(v) for v in getlist(name)]
+    else:
+        value = headers.get(name)
+        values = [] if value is None else [value]
+    return [part for value in values for part in value.split(",")]
 
 
 def _bounded(token: str) -> str | None:

@@ -96,6 +96,7 @@ class Subscription:
         "closed_at",
         "coalesced",
         "delivered",
+        "direct",
         "dropped",
         "filter",
         "high_water",
@@ -140,6 +141,11 @@ class Subscription:
         self.index_term: IndexTerm | None = None
         #: Called (in the hub's thread) whenever the subscription has something new to do.
         self.waker: Callable[[], None] | None = None
+        #: Offered a frame first when nothing is queued (in the hub's thread): it delivers the
+        #: frame to the connection at once and returns True, or returns False and the frame is
+        #: queued (and the waker called) as usual. Never asked while a frame waits in the
+        #: buffer: it would overtake it.
+        self.direct: Callable[[Frame], bool] | None = None
         #: Called (in the hub's thread) once when it is closed, after the waker.
         self.on_close: Callable[[], None] | None = None
         #: The name of the principal it serves (``None``: an open resource); revocation
@@ -160,6 +166,14 @@ class Subscription:
         if self.closed is not None:
             return
         latest = self._latest
+        direct = self.direct
+        if (
+            direct is not None
+            and not (self._buffer if latest is None else latest)
+            and direct(frame)
+        ):
+            self.delivered += 1
+            return
         if latest is None:
             buffer = self._buffer
             if len(buffer) >= self.max_buffer:

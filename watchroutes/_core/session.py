@@ -226,6 +226,23 @@ class WatchSession:
             data = self.wire.heartbeat(head if sent is None else max(head, sent))
         return self._wrote(data, now)
 
+    def deliver(self, frame: Frame, now: float) -> bytes | None:
+        """The bytes of a live ``frame`` to write at once, when the subscription's buffer is
+        empty and nothing else is due (no bookmark, heartbeat, end or expiry): the direct write
+        path, which skips the buffer and the wake-up. ``None``: nothing was consumed; queue
+        ``frame`` and let :meth:`step` send it.
+        """
+        if self.phase is not Phase.LIVE:
+            return None
+        deadline = self.deadline()
+        if deadline is not None and now >= deadline:
+            return None
+        rv = frame.rv
+        if rv is not None:
+            self.sent_rv = rv
+        self._last_write = now
+        return self.wire.frame(frame)
+
     def _wrote(self, data: bytes, now: float) -> bytes:
         if data:
             self._last_write = now

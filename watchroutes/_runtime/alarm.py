@@ -43,6 +43,12 @@ class Alarm(Protocol):
     #: A write is in progress.
     writing: bool
 
+    @property
+    def idle(self) -> bool:
+        """The task waits in :meth:`wait` and nothing has woken it yet: whatever it wrote is
+        written, and it will not write before it runs again."""
+        ...
+
     def set(self) -> None:
         """Wake the task waiting in :meth:`wait` (or make its next wait return at once)."""
         ...
@@ -71,14 +77,19 @@ def on_asyncio() -> bool:
 class EventAlarm:
     """The portable alarm: an event per wait, the clock's ``wait``, ``fail_after`` per write."""
 
-    __slots__ = ("_clock", "_event", "_write_timeout", "timed_out", "writing")
+    __slots__ = ("_clock", "_event", "_waiting", "_write_timeout", "timed_out", "writing")
 
     def __init__(self, clock: Clock, write_timeout: float) -> None:
         self._clock = clock
         self._write_timeout = write_timeout
         self._event = anyio.Event()
+        self._waiting = False
         self.timed_out = False
         self.writing = False
+
+    @property
+    def idle(self) -> bool:
+        return self._waiting and not self._event.is_set()
 
     def set(self) -> None:
         self._event.set()
@@ -86,7 +97,11 @@ class EventAlarm:
     async def wait(self, deadline: float | None) -> None:
         event = self._event
         if not event.is_set():
-            await self._clock.wait(event, deadline)
+            self._waiting = True
+            try:
+                await self._clock.wait(event, deadline)
+            finally:
+                self._waiting = False
         # A set() from here on concerns what the next step has not seen yet: a fresh event.
         self._event = anyio.Event()
 
@@ -132,6 +147,11 @@ class LoopAlarm:
         self._write_deadline = 0.0
         self.timed_out = False
         self.writing = False
+
+    @property
+    def idle(self) -> bool:
+        future = self._future
+        return future is not None and not future.done()
 
     def set(self) -> None:
         future = self._future

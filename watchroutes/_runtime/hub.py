@@ -99,6 +99,9 @@ class HubStatistics(NamedTuple):
     evicted_young: int
     #: Times this node reloaded a shared log because it had fallen behind its retention.
     follower_reloads: int = 0
+    #: Frames a publish wrote to an idle watch's connection itself (the direct write path),
+    #: without waking the watch's task.
+    direct_writes: int = 0
 
 
 class Resource(ResourceSpec):
@@ -144,6 +147,26 @@ class Resource(ResourceSpec):
 
     async def apublish(self, type: str | EventType, obj: Any, *, key: str | None = None) -> Any:  # noqa: A002
         return await self.hub.apublish(self.name, type, obj, key=key)
+
+    def publish_in(
+        self,
+        conn: Any,
+        type: str | EventType,  # noqa: A002
+        obj: Any,
+        *,
+        key: str | None = None,
+    ) -> int:
+        return self.hub.publish_in(conn, self.name, type, obj, key=key)
+
+    async def apublish_in(
+        self,
+        conn: Any,
+        type: str | EventType,  # noqa: A002
+        obj: Any,
+        *,
+        key: str | None = None,
+    ) -> int:
+        return await self.hub.apublish_in(conn, self.name, type, obj, key=key)
 
     async def acreate(self, obj: Any) -> Any:
         return await self.hub.acreate(self.name, obj)
@@ -343,9 +366,8 @@ class Hub(Node):
         replica = self._replica
         assert replica is not None
         write = planned.write
-        log = self.state.log(write.resource)
         try:
-            stored = await replica.backend.append(write, Retention(log.max_events, log.max_age))
+            stored = await replica.backend.append(write, self._retention(write.resource))
         except ServiceUnavailable as exc:
             # The connection failed somewhere between sending the change and reading the
             # answer: it may have been appended. Say so; never guess (protocol.md §3.5).
@@ -462,6 +484,53 @@ class Hub(Node):
         change (on any log, the answer is the object as stored)."""
         return await self._acommit(self._plan_publish(resource, type, obj, key))
 
+    def publish_in(
+        self,
+        conn: Any,
+        resource: str,
+        type: str | EventType,  # noqa: A002
+        obj: Any,
+        *,
+        key: str | None = None,
+    ) -> int:
+        """Append a change inside the caller's open transaction on ``conn`` (a synchronous
+        psycopg connection: Django's inside ``transaction.atomic()``), so it commits or rolls
+        back with the app's own change: the outbox of ``docs/postgres.md``. The hub's write
+        rules apply as for :meth:`publish`; every node's watchers get it at the commit.
+        Returns its rv (final once committed). Needs the PostgreSQL log."""
+        planned = self._plan_publish(resource, type, obj, key)
+        log = self._outbox("publish_in")
+        rv: int = log.append_in_sync(conn, planned.write, self._retention(resource))
+        return rv
+
+    async def apublish_in(
+        self,
+        conn: Any,
+        resource: str,
+        type: str | EventType,  # noqa: A002
+        obj: Any,
+        *,
+        key: str | None = None,
+    ) -> int:
+        """:meth:`publish_in` on a psycopg ``AsyncConnection``."""
+        planned = self._plan_publish(resource, type, obj, key)
+        log = self._outbox("apublish_in")
+        rv: int = await log.append_in(conn, planned.write, self._retention(resource))
+        return rv
+
+    def _outbox(self, method: str) -> Any:
+        backend = None if self._replica is None else self._replica.backend
+        if backend is None or not hasattr(backend, "append_in_sync"):
+            raise UsageError(
+                f"{method} appends inside your database transaction: it needs the PostgreSQL "
+                "log (Hub(backend='postgresql://...'))"
+            )
+        return backend
+
+    def _retention(self, resource: str) -> Retention:
+        log = self.state.log(resource)
+        return Retention(log.max_events, log.max_age)
+
     async def acreate(self, resource: str, obj: Any) -> Any:
         return await self._acommit(plan_create(self._rules(resource), obj))
 
@@ -549,6 +618,7 @@ class Hub(Node):
                 cached_objects=sum(len(log.state) for log in state.logs.values()),
                 evicted_young=sum(log.evicted_young for log in state.logs.values()),
                 follower_reloads=0 if self._replica is None else self._replica.reloads,
+                direct_writes=self.direct_writes,
             )
 
     # -- requests (the adapter contract: see watchroutes.adapters) ----------------------------

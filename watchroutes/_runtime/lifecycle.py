@@ -28,6 +28,7 @@ warned.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -42,7 +43,7 @@ from . import signals
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["hub_started", "hub_stopping", "worker_server"]
+__all__ = ["freeze_startup_objects", "hub_started", "hub_stopping", "worker_server"]
 
 logger = logging.getLogger("watchroutes")
 
@@ -74,6 +75,28 @@ def hub_started(hub: Node) -> None:
 def hub_stopping(hub: Node) -> None:
     """The hub is stopping: give back the signal handlers it chained."""
     signals.restore(hub)
+
+
+def freeze_startup_objects() -> None:
+    """Collect, then move every object alive now (modules, the app, its routes) out of the
+    garbage collector's reach for the life of the process (``gc.freeze``): each later full
+    collection scans only what was made since, which is what its pauses are made of once
+    thousands of watches are open (docs/operations.md, "The garbage collector"). Called by
+    ``adapters.uvicorn.Server`` (and ``adapters.aiohttp.setup(..., freeze_gc=True)``) once the
+    app has started; objects frozen stay frozen (they were meant to live as long as the
+    process), a garbage cycle among them is never freed, and ``gc.get_referrers`` no longer
+    sees them (which tools such as Hypothesis rely on: not for a test process). Once per
+    process.
+    """
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()
+
+
+_frozen = False
 
 
 def worker_server() -> str | None:

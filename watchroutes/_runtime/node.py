@@ -14,6 +14,7 @@ the lock too.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import random
@@ -202,6 +203,10 @@ class Node:
         self._random = random.Random()
         #: Whether a started hub chains SIGINT/SIGTERM to its shutdown (``lifecycle``).
         self.handle_signals = True
+        #: Frames written by a publish straight to an idle watch (``stream``'s direct path).
+        self.direct_writes = 0
+        #: The watches whose direct-path frames wait for the end of this loop turn.
+        self._corked: list[Callable[[], None]] = []
 
     # -- the event loop and other threads ------------------------------------------------------
 
@@ -227,6 +232,20 @@ class Node:
     def _locked(self, func: Callable[..., T], *args: Any) -> T:
         with self.lock:  # readers in other threads (get, list, statistics) take it too
             return func(*args)
+
+    def cork(self, flush: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        """Call ``flush`` at the end of this turn of ``loop`` (one callback per turn for all
+        the watches that took frames on the direct path in it)."""
+        corked = self._corked
+        corked.append(flush)
+        if len(corked) == 1:
+            loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        corked = self._corked
+        self._corked = []
+        for flush in corked:
+            flush()
 
     def on_loop_thread(self) -> bool:
         """Whether the caller runs on the thread of the loop the node is bound to."""

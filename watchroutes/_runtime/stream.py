@@ -15,18 +15,20 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
 
+from .._core.events import Frame
 from .._core.params import Mode, WatchRequest
 from .._core.registry import CloseReason, Subscription
 from .._core.session import WatchSession
 from .._core.wire import Wire
 from .._core.wire.jsonlines import JsonLinesWire
 from .._core.wire.sse import SseWire
-from .alarm import Alarm, make_alarm, on_asyncio
+from .alarm import Alarm, EventAlarm, LoopAlarm, make_alarm, on_asyncio
+from .clock import SystemClock
 from .guard import OPEN, Admission
 from .meter import WatchMeter
 
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
     from .node import Node, ResourceSpec
 
 __all__ = [
+    "DIRECT_EXTENSION",
+    "AsgiDirectWriter",
+    "DirectWriter",
+    "http_chunk",
     "Disconnected",
     "WatchStream",
     "open_session",
@@ -51,14 +57,152 @@ class Disconnected(Exception):
     """Raised by an adapter's ``send`` when the peer is gone."""
 
 
+class DirectWriter(Protocol):
+    """The connection of a pushed watch, offered by an adapter that owns it: the direct write
+    path. A publish that finds the watch idle (its task waiting, nothing queued, nothing due)
+    writes the event's frame here, in the publishing call, instead of queueing it and waking
+    the task. Both methods are called on the event loop's thread, between the task's writes.
+    """
+
+    def writable(self) -> bool:
+        """Whether the connection takes bytes now without waiting: open, under its transport's
+        high-water mark, everything the task sent already handed to the transport."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Frame ``data`` as the response body's next bytes and hand it to the transport, now
+        (raise ``OSError`` if the connection is gone)."""
+        ...
+
+
+#: The ASGI scope extension (``scope["extensions"][DIRECT_EXTENSION]``) under which a server
+#: offers a request's connection to the direct write path, as an :class:`AsgiDirectWriter`
+#: (``watchroutes.adapters.uvicorn``'s protocols do).
+DIRECT_EXTENSION: Final = "watchroutes.direct"
+
+
+class AsgiDirectWriter(DirectWriter, Protocol):
+    """A :class:`DirectWriter` offered by an ASGI server, which sees only what reaches it
+    through the app's middleware. The app names each body it sends (:meth:`pushing`), and the
+    writer takes bytes only while the last body named is the last one the server wrote (a
+    middleware that rewrites or holds bodies keeps the watch on the plain path).
+
+    The server also tells the app when the connection is lost (:meth:`on_lost`: no task
+    listening on ``receive`` is needed), and takes the rest of a response over
+    (:meth:`detach`): the app returns, which releases its middleware's frames for the life of
+    the watch, and the server runs the watch, writing with :meth:`send_body` and :meth:`end`.
+    """
+
+    def pushing(self, body: bytes) -> None:
+        """The app is about to ``send`` ``body`` (an ``http.response.body`` message)."""
+        ...
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` when the connection is lost (at once if it is); ``None``: no
+        longer."""
+        ...
+
+    def detach(self, run: Callable[[], Awaitable[None]], discard: Callable[[], None]) -> bool:
+        """Run ``run()`` once the app returned (``discard()`` if it fails after all); False
+        when the server cannot take the response over now (the app keeps it)."""
+        ...
+
+    async def send_body(self, data: bytes) -> None:
+        """Write ``data`` as the body's next bytes through the server's own ``send``."""
+        ...
+
+    async def end(self) -> None:
+        """End the response body."""
+        ...
+
+
+class _Chunks:
+    """HTTP/1.1 chunked framing with the last result kept: a publish writes one frame to many
+    watchers in a row, so the framed bytes are built once per event, not once per watcher."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[bytes, bytes] = (b"", b"")
+
+    def __call__(self, data: bytes) -> bytes:
+        last = self._last  # one read of a tuple: safe whatever other loops do meanwhile
+        if last[0] is data:
+            return last[1]
+        chunk = b"%x\r\n%b\r\n" % (len(data), data)
+        self._last = (data, chunk)
+        return chunk
+
+
+#: ``http_chunk(data)``: ``data`` as one HTTP/1.1 chunk (for a :class:`DirectWriter` that
+#: frames a chunked body itself). Not for empty data, which would end the body.
+http_chunk: Final = _Chunks()
+
+
+class _Scope(Protocol):
+    """What a pump needs of a cancel scope (anyio's, or :class:`_TaskScope`)."""
+
+    @property
+    def cancel_called(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class _TaskScope:
+    """A pump's cancel scope on asyncio, for less than anyio's (its scope, host-task record
+    and callbacks cost 640 B per idle watch). ``cancel()`` wakes a waiting pump, which sees
+    ``cancel_called`` and returns; a pump in the middle of a write (a peer that does not
+    read) has its task cancelled instead, and the pump's ``run`` takes that cancellation back
+    (:meth:`took_back`). A write is an await on the adapter's send: the task is suspended in it
+    whenever ``cancel()`` runs (from another callback), so the cancellation lands inside it.
+    """
+
+    __slots__ = ("_cancelled_task", "_task", "alarm", "cancel_called")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        self.alarm: Alarm | None = None
+        self.cancel_called = False
+        self._cancelled_task = False
+
+    def cancel(self) -> None:
+        if self.cancel_called:
+            return
+        self.cancel_called = True
+        alarm = self.alarm
+        if alarm is not None and alarm.writing:
+            self._cancelled_task = True
+            self._task.cancel()
+        elif alarm is not None:
+            alarm.set()
+
+    def took_back(self) -> bool:
+        """A ``CancelledError`` reached ``run``: True if it was this scope's alone (taken
+        back), False if the task was also cancelled from outside (re-raise it)."""
+        if not self._cancelled_task:
+            return False
+        self._cancelled_task = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        """The pump is done: a cancellation the send swallowed is not left counted."""
+        if self._cancelled_task:
+            self._cancelled_task = False
+            self._task.uncancel()
+        self.alarm = None
+
+
 class WatchStream:
     """A prepared watch: its session and subscription, ready to be pumped."""
 
     __slots__ = (
         "_alarm",
         "_cancelled",
+        "_direct",
         "_finished",
         "_interrupted",
+        "_loop",
+        "_pending",
         "_scope",
         "admission",
         "hub",
@@ -84,8 +228,13 @@ class WatchStream:
         self.session = session
         self.subscription = subscription
         self.meter = WatchMeter(hub.metrics, hub.clock, resource, transport, subscription)
-        self._scope: anyio.CancelScope | None = None
+        self._scope: _Scope | None = None
         self._alarm: Alarm | None = None
+        self._direct: DirectWriter | None = None
+        #: The direct path's frames of this loop turn, written together at its end.
+        self._pending: list[bytes] | None = None
+        #: The asyncio loop the pump runs on (``None``: not asyncio, no corking).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._cancelled = False
         self._interrupted: CloseReason | None = None
         self._finished = False
@@ -145,29 +294,54 @@ class WatchStream:
         self.admission.release()
         hub.call(hub.untrack, self)  # on the loop: shutdown may be waiting for it
 
-    async def run(self, send: Send) -> None:
-        """Write the stream with ``send`` until it ends; never raises for a vanished peer."""
+    async def run(self, send: Send, direct: DirectWriter | None = None) -> None:
+        """Write the stream with ``send`` until it ends; never raises for a vanished peer.
+
+        With ``direct``, a publish that finds the watch idle writes its frame there at once
+        (see :class:`DirectWriter`); everything else still goes through ``send``.
+        """
+        self._direct = direct
+        hub = self.hub
+        scope: _Scope
+        task = asyncio.current_task() if on_asyncio() else None
+        if task is not None and type(hub.clock) is SystemClock:
+            self._loop = task.get_loop()
+            scope = _TaskScope(task)
+            alarm: Alarm = LoopAlarm(hub.write_timeout, scope.cancel)
+            scope.alarm = alarm
+            await self._run(send, alarm, scope)
+        else:
+            with anyio.CancelScope() as anyio_scope:
+                alarm = EventAlarm(hub.clock, hub.write_timeout)
+                await self._run(send, alarm, anyio_scope)
+
+    async def _run(self, send: Send, alarm: Alarm, scope: _Scope) -> None:
+        self._scope = scope
+        self._alarm = alarm
+        if self._cancelled or self._interrupted is not None:
+            scope.cancel()
         reason = CloseReason.CLIENT
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            if self._cancelled or self._interrupted is not None:
-                scope.cancel()
-            alarm = self._alarm = make_alarm(self.hub.clock, self.hub.write_timeout, scope.cancel)
-            timed_out = False
-            try:
-                reason = await self._pump(send, alarm)
-            except TimeoutError:
-                timed_out = True
-            except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                reason = CloseReason.CLIENT
-            finally:
-                alarm.close()
-                if timed_out or alarm.timed_out:
-                    reason = CloseReason.ERROR
-                    logger.info("watch %s: write timed out", self.subscription.id)
-                elif scope.cancel_called:
-                    reason = self._cancel_reason()
-                self.finish(reason)
+        timed_out = False
+        try:
+            reason = await self._pump(send, alarm, scope)
+        except TimeoutError:
+            timed_out = True
+        except (Disconnected, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            reason = CloseReason.CLIENT
+        except asyncio.CancelledError:
+            if not isinstance(scope, _TaskScope) or not scope.took_back():
+                raise  # (anyio's scope takes its own back on exit; another's is not ours)
+        finally:
+            self.subscription.direct = None
+            alarm.close()
+            if isinstance(scope, _TaskScope):
+                scope.close()
+            if timed_out or alarm.timed_out:
+                reason = CloseReason.ERROR
+                logger.info("watch %s: write timed out", self.subscription.id)
+            elif scope.cancel_called:
+                reason = self._cancel_reason()
+            self.finish(reason)
 
     def closed_while_writing(self) -> None:
         """For a pump that cannot give up a write (the pull and blocking forms, whose
@@ -219,17 +393,74 @@ class WatchStream:
         session = self.session
         return (session.close_reason or CloseReason.TIMEOUT) if session.closed else None
 
-    async def _pump(self, send: Send, alarm: Alarm) -> CloseReason:
+    def _deliver(self, frame: Frame) -> bool:
+        """The direct write path (``Subscription.direct``): take ``frame`` now if the task is
+        idle and the connection takes bytes, or return False (it is queued, the task woken).
+
+        On asyncio the frames a watch takes in one turn of the loop are written together at
+        the end of that turn (one write, as the task would write its queue), so a burst of
+        events keeps costing one write per watcher; elsewhere each is written at once.
+        """
+        alarm = self._alarm
+        direct = self._direct
+        if alarm is None or direct is None or not alarm.idle or not direct.writable():
+            return False
+        hub = self.hub
+        if not hub.on_loop_thread():  # (a transport is the loop's alone)
+            return False
+        data = self.session.deliver(frame, hub.clock.now())
+        if data is None:
+            return False
+        hub.direct_writes += 1
+        meter = self.meter
+        if meter.per_write:
+            meter.wrote(len(data), frame.time)
+        pending = self._pending
+        if pending is not None:
+            pending.append(data)
+        elif self._loop is not None:
+            self._pending = [data]
+            hub.cork(self.flush_direct, self._loop)
+        else:
+            self._write_direct(direct, data)
+        return True
+
+    def flush_direct(self) -> None:
+        """Write the frames the direct path took this turn (the end of the turn, or the pump
+        before it writes anything itself: nothing it writes may overtake them)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        direct = self._direct
+        if direct is not None and not self._finished:
+            self._write_direct(direct, pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _write_direct(self, direct: DirectWriter, data: bytes) -> None:
+        try:
+            direct.write(data)
+        except Exception:  # the connection broke under the write: the peer is gone
+            logger.debug("watch %s: direct write failed", self.subscription.id, exc_info=True)
+            self.interrupt(CloseReason.CLIENT)
+
+    async def _pump(self, send: Send, alarm: Alarm, scope: _Scope) -> CloseReason:
         session = self.session
         sub = self.subscription
         sub.waker = alarm.set
         sub.on_close = self._closed
+        if self._direct is not None:
+            sub.direct = self._deliver
         write = alarm.write
         while True:
+            if self._pending is not None:
+                self.flush_direct()
+            if scope.cancel_called:  # (a _TaskScope wakes the pump rather than cancel a wait)
+                return CloseReason.CLIENT
             data, oldest = self.take()
             if data:
                 await write(send, data)
                 self.wrote(data, oldest)
+                data = b""  # (not held while the watch waits)
             if session.closed:
                 return session.close_reason or CloseReason.TIMEOUT
             if session.ready:
@@ -279,18 +510,26 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
 
 
 async def serve(
-    stream: WatchStream, send: Send, wait_disconnect: Callable[[], Awaitable[None]]
+    stream: WatchStream,
+    send: Send,
+    wait_disconnect: Callable[[], Awaitable[None]] | None,
+    direct: DirectWriter | None = None,
 ) -> None:
-    """Run ``stream`` until it ends or ``wait_disconnect`` returns (the peer left).
+    """Run ``stream`` until it ends or ``wait_disconnect`` returns (the peer left); with
+    ``direct``, on the direct write path (:meth:`WatchStream.run`).
 
     The peer is watched by a second task, which ASGI needs to notice a disconnect. On
     asyncio that is a bare task (an anyio task group per watch costs 7-8 KiB of memory per
-    idle watcher, measured under uvicorn); elsewhere a task group.
+    idle watcher, measured under uvicorn); elsewhere a task group. ``wait_disconnect=None``:
+    the server reports a lost connection itself (``AsgiDirectWriter.on_lost``), no task.
     """
+    if wait_disconnect is None:
+        await stream.run(send, direct)
+        return
     if on_asyncio():
         peer = asyncio.ensure_future(_watch_peer(stream, wait_disconnect))
         try:
-            await stream.run(send)
+            await stream.run(send, direct)
         finally:
             peer.cancel()
         return
@@ -301,7 +540,7 @@ async def serve(
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch_peer)
-        await stream.run(send)
+        await stream.run(send, direct)
         tg.cancel_scope.cancel()
 
 

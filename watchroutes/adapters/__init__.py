@@ -13,7 +13,9 @@ An adapter translates; every rule lives in the hub. It reads a request into a
   - *push*: ``await reply.stream.run(send)``, where ``send(data)`` writes and flushes and
     raises :class:`Disconnected` once the peer is gone; :func:`serve` races it against a
     ``wait_disconnect()`` for servers that report a departed peer only through a receive
-    channel (ASGI);
+    channel (ASGI). An adapter that owns the connection also passes a :class:`DirectWriter`
+    (``run(send, direct)``): a publish then writes to an idle watch itself, without waking its
+    task (the direct write path; :func:`http_chunk` frames a chunked body);
   - *pull*: ``async for chunk in stream_chunks(reply.stream)``, for responses that consume an
     async iterator (``aclose()`` it when the response ends);
   - *blocking*: :func:`wsgi_body` (a WSGI response iterable) with the hub's loop running in a
@@ -29,7 +31,8 @@ An adapter translates; every rule lives in the hub. It reads a request into a
   WebSocket watch on any object that has the four methods of :class:`Socket`.
 * **Lifecycle**: ``async with hub`` where the framework has a lifespan (or
   :class:`HubThread`); ``hub.begin_shutdown()`` from the server's exit signal, before it waits
-  for open connections, then ``await hub.aclose()``.
+  for open connections, then ``await hub.aclose()``. A server that watchroutes starts calls
+  :func:`freeze_startup_objects` once the app is up (shorter collector pauses).
 * **Metrics**: :func:`mounted` when a resource is mounted on a route (its series exist at 0).
 * **CORS**: :func:`cors_on` says whether an ``OPTIONS`` is a preflight for the hub to answer.
 * **WSGI servers**: :class:`WSGIBody` (a watch's response body, released when its client
@@ -59,18 +62,25 @@ from .._runtime.asgi import ASGISocket as ASGISocket
 from .._runtime.asgi import asgi_websocket_request as asgi_websocket_request
 from .._runtime.asgi import asgi_wrapper as asgi_wrapper
 from .._runtime.asgi import reply_chunks as reply_chunks
+from .._runtime.asgi_direct import AsgiDirect as AsgiDirect
+from .._runtime.asgi_direct import run_app as run_app
 from .._runtime.blocking import HubThread as HubThread
 from .._runtime.blocking import wsgi_body as wsgi_body
 from .._runtime.hub import Hub as Hub
 from .._runtime.hub import Resource as Resource
+from .._runtime.lifecycle import freeze_startup_objects as freeze_startup_objects
 from .._runtime.reply import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from .._runtime.reply import DEFAULT_MAX_JSON_DEPTH as DEFAULT_MAX_JSON_DEPTH
 from .._runtime.reply import BodyLimit as BodyLimit
 from .._runtime.reply import Reply as Reply
 from .._runtime.reply import decode_json as decode_json
 from .._runtime.reply import error_reply as _error_reply
+from .._runtime.stream import DIRECT_EXTENSION as DIRECT_EXTENSION
+from .._runtime.stream import AsgiDirectWriter as AsgiDirectWriter
+from .._runtime.stream import DirectWriter as DirectWriter
 from .._runtime.stream import Disconnected as Disconnected
 from .._runtime.stream import WatchStream as WatchStream
+from .._runtime.stream import http_chunk as http_chunk
 from .._runtime.stream import serve as serve
 from .._runtime.stream import stream_chunks as stream_chunks
 from .._runtime.threaded_socket import ThreadedSocket as ThreadedSocket
@@ -92,10 +102,14 @@ from .._runtime.wsgi import server_socket as server_socket
 
 __all__ = (
     "ASGISocket",
+    "AsgiDirect",
+    "AsgiDirectWriter",
     "BodyLimit",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_JSON_DEPTH",
+    "DIRECT_EXTENSION",
     "DRAIN_FACTOR",
+    "DirectWriter",
     "Disconnected",
     "Hub",
     "HubThread",
@@ -115,6 +129,8 @@ __all__ = (
     "chain_sigterm",
     "cors_on",
     "decode_json",
+    "freeze_startup_objects",
+    "http_chunk",
     "is_watch",
     "mounted",
     "offered_subprotocols",
@@ -122,6 +138,7 @@ __all__ = (
     "read_limited",
     "read_wsgi_body",
     "reply_chunks",
+    "run_app",
     "serve",
     "serve_threaded",
     "server_socket",

@@ -46,7 +46,9 @@ from typing import Any, Final, TypeVar
 
 try:
     from aiohttp import WSMsgType, hdrs, web
+    from aiohttp.abc import AbstractStreamWriter
     from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.http_writer import StreamWriter
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "watchroutes.adapters.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
@@ -65,6 +67,8 @@ from . import (
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
+    freeze_startup_objects,
+    http_chunk,
     is_watch,
     mounted,
     status_reply,
@@ -110,6 +114,16 @@ H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
 WebSocketAuthorize = Callable[[web.Request, str | None], Awaitable[None] | None]
 
 
+def _joined(headers: Any) -> dict[str, str]:
+    """Header names lowercased, a repeated header's values joined with ``,`` as WSGI servers
+    join them (so a second ``Authorization`` is seen, and refused, not silently dropped)."""
+    joined: dict[str, str] = {}
+    for name, value in headers.items():
+        name = name.lower()
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return joined
+
+
 def request_info(request: web.Request, key: str | None = None) -> RequestInfo:
     """Translate an aiohttp request; ``key`` names the path parameter of an object route."""
     headers = request.headers
@@ -118,7 +132,7 @@ def request_info(request: web.Request, key: str | None = None) -> RequestInfo:
         accept=headers.get(hdrs.ACCEPT),
         last_event_id=headers.get("Last-Event-ID"),
         key=None if key is None else request.match_info[key],
-        headers={name.lower(): value for name, value in headers.items()},
+        headers=_joined(headers),
         cookies=dict(request.cookies),
         client=request.remote,
         method=request.method,
@@ -152,10 +166,53 @@ async def reply_response(request: web.Request, reply: Reply) -> web.StreamRespon
     if stream is not None:
         # (a peer that left makes the writer raise ConnectionResetError, an OSError, which
         # ends the watch; see the module docstring)
-        await stream.run(writer.write)
+        await stream.run(writer.write, _DirectWriter.of(writer))
     with contextlib.suppress(OSError):
         await response.write_eof()
     return response
+
+
+class _DirectWriter:
+    """The direct write path on aiohttp's own response writer: a publish frames the event and
+    hands it to the transport, as ``StreamWriter.write`` would, without waking the watch."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: StreamWriter) -> None:
+        self._writer = writer
+
+    @classmethod
+    def of(cls, writer: AbstractStreamWriter) -> _DirectWriter | None:
+        """The direct writer of ``writer`` when it writes bytes as they are given (aiohttp's
+        own writer, headers sent, no compression, no declared length, no per-write hooks);
+        ``None`` otherwise, and the watch writes through ``writer.write`` alone."""
+        if type(writer) is not StreamWriter:
+            return None
+        plain = (
+            getattr(writer, "_compress", True) is None
+            and getattr(writer, "_on_chunk_sent", True) is None
+            and getattr(writer, "on_body_write", True) is None
+            and getattr(writer, "_headers_written", False)
+            and writer.length is None
+        )
+        return cls(writer) if plain else None
+
+    def writable(self) -> bool:
+        writer = self._writer
+        transport = writer.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and not writer.protocol.writing_paused  # over the transport's high-water mark
+        )
+
+    def write(self, data: bytes) -> None:
+        writer = self._writer
+        transport = writer.transport
+        if transport is None:
+            raise ConnectionResetError("the connection is closed")
+        writer.output_size += len(data)  # (what the access log reports)
+        transport.write(http_chunk(data) if writer.chunked else data)
 
 
 def _add_vary(response: web.StreamResponse) -> None:
@@ -336,7 +393,7 @@ def websocket_request(request: web.Request, key: str | None = None) -> WebSocket
         secure=request.secure,
         key=None if key is None else request.match_info[key],
         authorization=headers.get(hdrs.AUTHORIZATION),
-        headers={name.lower(): value for name, value in headers.items()},
+        headers=_joined(headers),
         cookies=dict(request.cookies),
         client=request.remote,
     )
@@ -446,16 +503,25 @@ async def serve_websocket(
 # -- the application's lifecycle ------------------------------------------------------------
 
 
-def setup(app: web.Application, *hubs: Hub) -> None:
+def setup(app: web.Application, *hubs: Hub, freeze_gc: bool = False) -> None:
     """Run ``hubs`` with ``app``: entered on startup, their streams ended on shutdown.
 
     Each hub runs in a task of its own from startup to cleanup, so aiohttp may run its
-    startup and cleanup signals in different tasks.
+    startup and cleanup signals in different tasks. With ``freeze_gc`` (for the process that
+    serves, not for a test suite: frozen objects are hidden from ``gc.get_referrers``), the
+    objects alive once the app has started are frozen out of the garbage collector's way
+    (``docs/operations.md``, "The garbage collector").
     """
     for hub in hubs:
         for resource in hub.resources.values():
             mounted(resource)
     app.cleanup_ctx.append(functools.partial(_run_hubs, hubs))
+    if freeze_gc:
+
+        async def freeze(app: web.Application) -> None:
+            freeze_startup_objects()
+
+        app.on_startup.append(freeze)
 
     async def end_streams(app: web.Application) -> None:
         for hub in hubs:

@@ -49,11 +49,14 @@ from .. import BadRequest, ClientError
 from . import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
+    DIRECT_EXTENSION,
+    AsgiDirectWriter,
     BodyLimit,
     Disconnected,
     Reply,
     RequestInfo,
     Resource,
+    WatchStream,
     WebSocketLimits,
     WebSocketRequest,
     decode_json,
@@ -124,25 +127,57 @@ class ReplyResponse(Response):
             else:
                 await send({"type": "http.response.body", "body": reply.body})
             return
+        # A server that offers the connection (watchroutes.adapters.uvicorn's protocols)
+        # lets a publish write to this watch while it is idle; each body sent here is named
+        # to it first, so it can tell that the middleware between passes bodies unchanged.
+        direct: AsgiDirectWriter | None = scope.get("extensions", {}).get(DIRECT_EXTENSION)
         try:
             await send(start)
             # The first chunk flushes the headers at once, even when it is empty.
+            if direct is not None:
+                direct.pushing(reply.body)
             await send({"type": "http.response.body", "body": reply.body, "more_body": True})
         except BaseException:
             stream.discard()
             raise
+        if direct is not None:
+            if direct.detach(functools.partial(_run_detached, stream, direct), stream.discard):
+                return  # the server runs the watch once this app (and its middleware) returned
+            direct.on_lost(stream.interrupt)
+            pushing = direct.pushing
 
-        def send_bytes(data: bytes) -> Awaitable[None]:
-            # (an OSError from the server, its way of saying the peer is gone, ends the watch)
-            return send({"type": "http.response.body", "body": data, "more_body": True})
+            def send_bytes(data: bytes) -> Awaitable[None]:
+                pushing(data)
+                return send({"type": "http.response.body", "body": data, "more_body": True})
 
-        async def wait_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            try:
+                await serve(stream, send_bytes, None, direct)
+            finally:
+                direct.on_lost(None)
+        else:
 
-        await serve(stream, send_bytes, wait_disconnect)
+            def send_plain(data: bytes) -> Awaitable[None]:
+                # (an OSError from the server, its way of saying the peer is gone, ends it)
+                return send({"type": "http.response.body", "body": data, "more_body": True})
+
+            async def wait_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+
+            await serve(stream, send_plain, wait_disconnect)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _run_detached(stream: WatchStream, direct: AsgiDirectWriter) -> None:
+    """A watch the server took over: written through the server's own ``send``."""
+    direct.on_lost(stream.interrupt)
+    try:
+        await serve(stream, direct.send_body, None, direct)
+    finally:
+        direct.on_lost(None)
+    with contextlib.suppress(OSError):
+        await direct.end()
 
 
 @functools.lru_cache(maxsize=256)

@@ -36,7 +36,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from functools import partial
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -86,6 +86,15 @@ _NOW_US: Final = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _EVENT_COLUMNS: Final = "rv, resource, key, type, object, prev, prev_rv"
 # A dead or unreachable database (or a call that took longer than the timeout).
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
+
+
+def _in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        raise UsageError(
+            "append_in needs a transaction: `with conn.transaction()` (Django: inside "
+            "`transaction.atomic()`)"
+        )
+
 
 _DDL: Final = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -398,51 +407,85 @@ class PostgresLog:
         ``READ COMMITTED`` (the default; a stricter one is a ``UsageError``: its snapshot may
         predate the lock, and with it the head).
         """
-        if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            raise UsageError("append_in needs a transaction: use `async with conn.transaction()`")
+        _in_transaction(conn)
         try:
             return (await self._append(conn, write, retention)).rv
         except (*_UNAVAILABLE, errors.UndefinedTable, errors.InvalidSchemaName) as exc:
             raise self._unavailable(exc) from exc
 
+    def append_in_sync(
+        self, conn: psycopg.Connection[Any], write: Write, retention: Retention
+    ) -> int:
+        """:meth:`append_in` on a synchronous connection, in the caller's thread (Django's
+        ORM connection inside ``transaction.atomic()``, a WSGI request's connection)."""
+        _in_transaction(conn)
+        steps = self._append_steps(write, retention)
+        try:
+            with conn.cursor(row_factory=tuple_row) as cur:
+                row: Any = None
+                while True:
+                    query, params, fetch = steps.send(row)
+                    cur.execute(query, params)
+                    row = cur.fetchone() if fetch else None
+        except StopIteration as done:
+            appended: Appended = done.value
+            return appended.rv
+        except (*_UNAVAILABLE, errors.UndefinedTable, errors.InvalidSchemaName) as exc:
+            raise self._unavailable(exc) from exc
+
     async def _append(self, conn: Conn, write: Write, retention: Retention) -> Appended:
+        steps = self._append_steps(write, retention)
         async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
-            key = {"res": write.resource, "key": write.key}
-            await cur.execute(self._q_current, key)
-            row = await cur.fetchone()
-            if row is None:  # a new or wiped log: we hold the lock, start the epoch here
-                await cur.execute(self._q_new_epoch, {"epoch": uuid.uuid4().hex})
-                await cur.execute(self._q_current, key)
-                row = await cur.fetchone()
-                assert row is not None
-            _, head, now, current_rv, current, retained, isolation = row
-            if isolation != "read committed":  # its snapshot may predate the lock
-                raise UsageError(f"append_in needs a READ COMMITTED transaction, not {isolation}")
-            check_expectation(write, current_rv)
-            obj = write.object
-            if obj is None:
-                if current is None:
-                    raise NotFound(f'{write.resource} "{write.key[:100]}" not found')
-                obj = current
-            rv: int = max(head + 1, now)
-            over = retained + 1 - retention.max_events
-            await cur.execute(
-                self._q_append[write.type == EventType.DELETED],
-                {
-                    **key,
-                    "rv": rv,
-                    "type": write.type,
-                    "obj": obj,
-                    "prev": current,
-                    "prev_rv": current_rv or 0,
-                    "skip": max(over - 1, 0),
-                    "take": 1 if over > 0 else 0,
-                    "cut": now - int(retention.max_age * 1_000_000),
-                    "retained": retained + 1,
-                    "channel": self.channel,
-                },
-            )
+            row: Any = None
+            try:
+                while True:
+                    query, params, fetch = steps.send(row)
+                    await cur.execute(query, params)
+                    row = await cur.fetchone() if fetch else None
+            except StopIteration as done:
+                appended: Appended = done.value
+                return appended
+
+    def _append_steps(
+        self, write: Write, retention: Retention
+    ) -> Generator[tuple[str | sql.SQL | sql.Composed, Any, bool], Any, Appended]:
+        """The statements of one append, whatever drives them: each step yields ``(query,
+        params, fetch)`` and receives the row fetched (``fetch``) or ``None``."""
+        yield "SELECT pg_advisory_xact_lock(%s)", (self.lock_key,), False
+        key = {"res": write.resource, "key": write.key}
+        row = yield self._q_current, key, True
+        if row is None:  # a new or wiped log: we hold the lock, start the epoch here
+            yield self._q_new_epoch, {"epoch": uuid.uuid4().hex}, False
+            row = yield self._q_current, key, True
+            assert row is not None
+        _, head, now, current_rv, current, retained, isolation = row
+        if isolation != "read committed":  # its snapshot may predate the lock
+            raise UsageError(f"append_in needs a READ COMMITTED transaction, not {isolation}")
+        check_expectation(write, current_rv)
+        obj = write.object
+        if obj is None:
+            if current is None:
+                raise NotFound(f'{write.resource} "{write.key[:100]}" not found')
+            obj = current
+        rv: int = max(head + 1, now)
+        over = retained + 1 - retention.max_events
+        yield (
+            self._q_append[write.type == EventType.DELETED],
+            {
+                **key,
+                "rv": rv,
+                "type": write.type,
+                "obj": obj,
+                "prev": current,
+                "prev_rv": current_rv or 0,
+                "skip": max(over - 1, 0),
+                "take": 1 if over > 0 else 0,
+                "cut": now - int(retention.max_age * 1_000_000),
+                "retained": retained + 1,
+                "channel": self.channel,
+            },
+            False,
+        )
         return Appended(rv, bytes(obj))
 
     async def head(self) -> tuple[str, int]:

@@ -1,5 +1,6 @@
-"""Test support: in-memory clients for endless streams (ASGI and WSGI), a fake clock, an SSE
-parser.
+"""Test support: in-memory clients for endless streams (ASGI and WSGI here; aiohttp in
+``watchroutes.testing.aiohttp``, httpx transports in ``watchroutes.testing.httpx``), a fake
+clock, an SSE parser.
 
 The pytest plugin (``watchroutes.testing.plugin``, registered automatically) provides the
 ``fake_clock`` and ``watch_hub`` fixtures.

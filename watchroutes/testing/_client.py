@@ -20,15 +20,33 @@ from urllib.parse import urlencode
 import anyio
 from anyio.abc import ObjectReceiveStream
 
-from ._asgi import Exchange, http_scope
+from ._asgi import Disconnect, Exchange, http_scope
 from ._sse import SSEMessage, SSEParser
 from ._websocket import TestWebSocket, WebSocketClosed, websocket_scope
 
-__all__ = ["StreamResponse", "TestResponse", "WatchClient"]
+__all__ = ["Headers", "StreamResponse", "TestResponse", "WatchClient", "header_items", "target"]
 
 T = TypeVar("T")
 ASGIApp = Any  # Callable[[Scope, Receive, Send], Awaitable[None]]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
+#: Request headers: a mapping, or ``(name, value)`` pairs (to send a header more than once).
+Headers = Mapping[str, str] | Sequence[tuple[str, str]] | None
+
+
+def header_items(headers: Headers) -> list[tuple[str, str]]:
+    """``headers`` as a list of pairs, repeats kept."""
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+
+
+def target(path: str, params: Params) -> tuple[str, str]:
+    """``(path, query)`` of ``path`` (which may carry a query) with ``params`` appended."""
+    path, _, query = path.partition("?")
+    if params:
+        extra = urlencode(list(params.items()) if isinstance(params, Mapping) else params)
+        query = f"{query}&{extra}" if query else extra
+    return path, query
 
 
 @dataclass
@@ -80,7 +98,7 @@ class StreamResponse:
     status: int
     headers: dict[str, str]
     _chunks: ObjectReceiveStream[bytes]
-    _disconnect: anyio.Event
+    _disconnect: Disconnect | anyio.Event
     _parser: SSEParser = field(default_factory=SSEParser)
     _messages: deque[SSEMessage] = field(default_factory=deque)
     _lines: deque[bytes] = field(default_factory=deque)
@@ -153,19 +171,17 @@ class WatchClient:
 
     __test__ = False
 
-    def __init__(self, app: ASGIApp, *, host: str = "testserver") -> None:
+    def __init__(self, app: ASGIApp, *, host: str = "testserver", direct: bool = True) -> None:
         self.app = app
         self.host = host
+        #: Serve GETs as ``watchroutes.adapters.uvicorn.Server`` does (the direct write path
+        #: and the hand-over of a watch); False: as any other ASGI server.
+        self.direct = direct
 
-    def _scope(
-        self, method: str, path: str, params: Params, headers: Mapping[str, str] | None
-    ) -> dict[str, Any]:
-        path, _, query = path.partition("?")
-        if params:
-            extra = urlencode(list(params.items()) if isinstance(params, Mapping) else params)
-            query = f"{query}&{extra}" if query else extra
+    def _scope(self, method: str, path: str, params: Params, headers: Headers) -> dict[str, Any]:
+        path, query = target(path, params)
         raw_headers = [(b"host", self.host.encode())]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        raw_headers += [(k.lower().encode(), v.encode()) for k, v in header_items(headers)]
         return http_scope(method, path, query.encode(), raw_headers, server=(self.host, 80))
 
     @asynccontextmanager
@@ -175,18 +191,18 @@ class WatchClient:
         path: str,
         *,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
         body: bytes = b"",
         json_body: Any = None,
     ) -> AsyncIterator[StreamResponse]:
         """Open a request and yield once its headers arrive; leaving the block disconnects."""
         if json_body is not None:
             body = json.dumps(json_body).encode()
-            headers = {"content-type": "application/json", **(headers or {})}
+            headers = [("content-type", "application/json"), *header_items(headers)]
         scope = self._scope(method, path, params, headers)
         sink = _StreamSink()
         async with anyio.create_task_group() as tg:
-            exchange = Exchange(body, sink)
+            exchange = Exchange(body, sink, direct=self.direct)
             tg.start_soon(exchange.run, self.app, scope)
             await sink.started.wait()
             if not sink.head:
@@ -215,7 +231,7 @@ class WatchClient:
         path: str,
         *,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
         body: bytes = b"",
         json_body: Any = None,
     ) -> TestResponse:
@@ -247,7 +263,7 @@ class WatchClient:
         path: str,
         *,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
         subprotocols: Sequence[str] = ("watchroutes.v1",),
     ) -> AsyncIterator[TestWebSocket]:
         """Open a WebSocket and yield once the app accepted it; leaving the block closes it.
@@ -285,7 +301,7 @@ class WatchClient:
         n: int,
         *,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
     ) -> list[Any]:
         """Open a watch, read ``n`` envelopes, disconnect, return them."""
         async with self.stream("GET", path, params=params, headers=headers) as response:

@@ -16,10 +16,9 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, TypeVar
 
-from ._client import TestResponse
+from ._client import Headers, TestResponse, header_items, target
 from ._sse import SSEMessage, SSEParser
 
 __all__ = ["WSGIClient", "WSGIStream"]
@@ -28,6 +27,19 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
 
 _END = object()
+T = TypeVar("T")
+
+
+def _items(next_item: Callable[[], T | None], limit: int | None) -> Iterator[T]:
+    """``next_item()`` results until it returns ``None`` (at most ``limit`` of them)."""
+    left = limit
+    while left is None or left > 0:
+        item = next_item()
+        if item is None:
+            return
+        yield item
+        if left is not None:
+            left -= 1
 
 
 class WSGIStream:
@@ -45,6 +57,8 @@ class WSGIStream:
         self._pending: list[SSEMessage] = []
         #: Whether the app's response was closed (as a server closes it), and why it ended.
         self.closed = threading.Event()
+        #: Whether a reader has seen the end of the body.
+        self.ended = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, args=(app, environ), daemon=True)
         self._thread.start()
@@ -94,6 +108,7 @@ class WSGIStream:
             raise TimeoutError("no chunk arrived in time") from None
         if item is _END:
             self._chunks.put(_END)
+            self.ended = True
             return None
         assert isinstance(item, bytes)
         return item
@@ -117,6 +132,32 @@ class WSGIStream:
             self._pending.extend(self._sse.feed(chunk))
         return self._pending.pop(0)
 
+    def next_event(self) -> Any:
+        """The next envelope: an SSE block with data, or a JSON line; ``None`` at the end."""
+        if not self.headers.get("content-type", "").startswith("text/event-stream"):
+            return self.next_line()
+        while (message := self.next_sse()) is not None:
+            if message.data is not None:
+                return json.loads(message.data)
+        return None
+
+    def chunks(self, limit: int | None = None) -> Iterator[bytes]:
+        return _items(self.next_chunk, limit)
+
+    def sse(self, limit: int | None = None) -> Iterator[SSEMessage]:
+        return _items(self.next_sse, limit)
+
+    def json_lines(self, limit: int | None = None) -> Iterator[Any]:
+        return _items(self.next_line, limit)
+
+    def events(self, limit: int | None = None) -> Iterator[Any]:
+        return _items(self.next_event, limit)
+
+    def take(self, n: int) -> list[Any]:
+        """The next ``n`` envelopes (fewer if the body ends; each read bounded by the
+        timeout)."""
+        return list(self.events(n))
+
     def read(self) -> bytes:
         """Everything until the response ends."""
         out = bytearray()
@@ -138,28 +179,30 @@ class WSGIClient:
     """Drive a WSGI app in memory: ``get``/``request`` for complete answers, ``stream`` for
     watches (every read bounded by ``timeout`` seconds)."""
 
-    def __init__(self, app: WSGIApp, *, timeout: float = 10.0) -> None:
+    __test__ = False
+
+    def __init__(self, app: WSGIApp, *, timeout: float = 10.0, host: str = "testserver") -> None:
         self.app = app
         self.timeout = timeout
+        self.host = host
 
     def environ(
         self,
         method: str,
         path: str,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
         body: bytes = b"",
     ) -> dict[str, Any]:
-        path, _, query = path.partition("?")
-        if params:
-            extra = urlencode(list(params.items()) if isinstance(params, Mapping) else params)
-            query = f"{query}&{extra}" if query else extra
+        """The WSGI environ of a request. A header given more than once (as pairs) is one
+        variable, its values joined with ``,`` as WSGI servers do (PEP 3333 follows CGI)."""
+        path, query = target(path, params)
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
             "SCRIPT_NAME": "",
             "PATH_INFO": path,
             "QUERY_STRING": query,
-            "SERVER_NAME": "testserver",
+            "SERVER_NAME": self.host,
             "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "REMOTE_ADDR": "127.0.0.1",
@@ -172,12 +215,14 @@ class WSGIClient:
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
-        for name, value in (headers or {}).items():
+        environ["HTTP_HOST"] = self.host
+        given: set[str] = set()
+        for name, value in header_items(headers):
             key = name.upper().replace("-", "_")
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[key] = value
-            else:
-                environ[f"HTTP_{key}"] = value
+            key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+            repeated = key in given and key not in ("CONTENT_TYPE", "CONTENT_LENGTH")
+            environ[key] = f"{environ[key]},{value}" if repeated else value
+            given.add(key)
         return environ
 
     @contextmanager
@@ -187,10 +232,14 @@ class WSGIClient:
         path: str,
         *,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
         body: bytes = b"",
+        json_body: Any = None,
     ) -> Iterator[WSGIStream]:
         """Open a response and read it incrementally; leaving the block disconnects."""
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers = [("content-type", "application/json"), *header_items(headers)]
         stream = WSGIStream(
             self.app, self.environ(method, path, params, headers, body), timeout=self.timeout
         )
@@ -205,11 +254,14 @@ class WSGIClient:
         path: str,
         *,
         params: Params = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
         body: bytes = b"",
+        json_body: Any = None,
     ) -> TestResponse:
         """A complete answer (the response must end by itself)."""
-        with self.stream(method, path, params=params, headers=headers, body=body) as stream:
+        with self.stream(
+            method, path, params=params, headers=headers, body=body, json_body=json_body
+        ) as stream:
             data = stream.read()
             if stream.error is not None:
                 raise stream.error
@@ -217,3 +269,22 @@ class WSGIClient:
 
     def get(self, path: str, **kwargs: Any) -> TestResponse:
         return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.request("DELETE", path, **kwargs)
+
+    def watch(
+        self, path: str, n: int, *, params: Params = None, headers: Headers = None
+    ) -> list[Any]:
+        """Open a watch, read ``n`` envelopes, disconnect, return them."""
+        with self.stream("GET", path, params=params, headers=headers) as stream:
+            return stream.take(n)

@@ -99,8 +99,10 @@ def _response(head: dict[str, Any], stream: Any) -> httpx.Response:
 class StreamingASGITransport(httpx.BaseTransport):
     """A sync httpx transport running the ASGI app in a background event loop."""
 
-    def __init__(self, app: Any, *, backend: str = "asyncio") -> None:
+    def __init__(self, app: Any, *, backend: str = "asyncio", direct: bool = True) -> None:
         self.app = app
+        #: As ``WatchClient``'s: serve GETs as watchroutes' uvicorn protocols do.
+        self.direct = direct
         self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
         self.portal = self._portal_cm.__enter__()
 
@@ -110,7 +112,7 @@ class StreamingASGITransport(httpx.BaseTransport):
         body = request.read()
 
         async def make() -> Exchange:
-            return Exchange(body, sink)
+            return Exchange(body, sink, direct=self.direct)
 
         exchange = self.portal.call(make)
 
@@ -168,13 +170,14 @@ class AsyncStreamingASGITransport(httpx.AsyncBaseTransport):
     app's tasks must outlive ``handle_async_request``.
     """
 
-    def __init__(self, app: Any, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(self, app: Any, task_group: anyio.abc.TaskGroup, *, direct: bool = True) -> None:
         self.app = app
         self.task_group = task_group
+        self.direct = direct
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         sink = _MemorySink()
-        exchange = Exchange(await request.aread(), sink)
+        exchange = Exchange(await request.aread(), sink, direct=self.direct)
         self.task_group.start_soon(exchange.run, self.app, _scope(request))
         with anyio.fail_after(START_TIMEOUT):
             await sink.started.wait()
