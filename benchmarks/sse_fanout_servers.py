@@ -206,9 +206,11 @@ class Publisher:
             raise RuntimeError("a publisher is already running")
         t0 = time.monotonic_ns()
         self.published = 0
-        steps = schedule(t0, rate, seconds, count, burst)
-        self.task = asyncio.get_running_loop().create_task(self._run(steps))
+        self._launch(schedule(t0, rate, seconds, count, burst))
         return t0
+
+    def _launch(self, steps: Iterator[int | float]) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(steps))
 
     async def _run(self, steps: Iterator[int | float]) -> None:
         for step in steps:
@@ -710,32 +712,23 @@ def run_aiohttp(host: str, port: int) -> None:
 # -- Flask on gunicorn (gthread) and Django on uvicorn ---------------------------------------
 
 
-class ThreadPublisher:
+class ThreadPublisher(Publisher):
     """:class:`Publisher` as a thread (a WSGI app has no event loop): the same schedule, and
     ``time.sleep(0)`` where the asyncio one yields a loop turn."""
 
-    def __init__(self, emit: Callable[[int, dict[str, Any]], None]) -> None:
-        self.emit = emit
-        self.published = 0
-        self.thread: threading.Thread | None = None
+    thread: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def start(self, rate: float, seconds: float, count: int, burst: int = 0) -> int:
-        if self.running:
-            raise RuntimeError("a publisher is already running")
-        t0 = time.monotonic_ns()
-        self.published = 0
-        steps = schedule(t0, rate, seconds, count, burst)
+    def _launch(self, steps: Iterator[int | float]) -> None:
         self.thread = threading.Thread(
-            target=self._run, args=(steps,), name="publisher", daemon=True
+            target=self._publish, args=(steps,), name="publisher", daemon=True
         )
         self.thread.start()
-        return t0
 
-    def _run(self, steps: Iterator[int | float]) -> None:
+    def _publish(self, steps: Iterator[int | float]) -> None:
         for step in steps:
             if isinstance(step, float):
                 time.sleep(step)  # (0.0: the watchers' threads take the GIL)
@@ -818,7 +811,7 @@ def run_flask(host: str, port: int) -> None:
     wr = _Watchroutes(max_watches=FLASK_THREADS - 50)  # plain requests keep a few threads
     orders = wr.orders
     publisher = ThreadPublisher(lambda i, obj: orders.publish("MODIFIED", obj))
-    wr.publisher = publisher  # type: ignore[assignment]
+    wr.publisher = publisher
     app = Flask("bench")
     WatchRoutes(app, wr.hub)
     app.add_url_rule("/orders", view_func=watch_view(orders))
