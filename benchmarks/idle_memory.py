@@ -7,13 +7,16 @@ Run it from the repository root::
     .venv/bin/python benchmarks/idle_memory.py --transport jsonlines   # watchroutes' servers only
 
 For each server of ``sse_fanout_servers.py`` (watchroutes on uvicorn and on aiohttp, raw
-asyncio with and without uvloop, sse-starlette, aiohttp), a fresh server process: its RSS
+asyncio with and without uvloop, sse-starlette, aiohttp; Flask on gunicorn and Django on
+uvicorn, each with its hand-written peer), a fresh server process: its RSS (with its
+children's: gunicorn's worker)
 once it has served a first watcher and closed it (so that code paths are loaded and warm),
 then its RSS with ``--watchers`` idle SSE watchers connected (each has received its first
 bytes). The difference divided by the watchers is the memory an idle watcher costs. Medians
 of ``--rounds``; the ratio columns divide by sse-starlette's figure (issue target: watchroutes
 on uvicorn at most a third) and by plain aiohttp's (target: watchroutes' aiohttp adapter at
-most 1.2 times).
+most 1.2 times); *vs peer* divides watchroutes' Flask and Django figures by their hand-written
+peers' (``flask-generator``, ``django-streaming``; target: at most 1.2 times).
 ``--transport jsonlines`` opens Kubernetes JSON-lines watches (``?watch=true``, which only the
 watchroutes servers answer) instead of SSE ones, ``--transport websocket`` WebSocket watches
 (one subscription per socket; uvicorn's default WebSocket protocol for the Starlette app).
@@ -30,12 +33,20 @@ import sys
 from pathlib import Path
 
 from sse_fanout import ServerProcess, close_all, open_watchers
-from sse_fanout_servers import SERVERS, pin_to_cpu, raise_open_files_limit
+from sse_fanout_servers import DEFAULT_SERVERS, PEERS, pin_to_cpu, raise_open_files_limit
 
 
 def rss_kib(pid: int) -> int:
+    """The RSS of ``pid`` and of its descendants (gunicorn's arbiter and its worker)."""
     with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+        total = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(rss_kib(int(child)) for child in children)
+    return total
 
 
 #: How each transport's watch is asked for: (request target, Accept, more header lines).
@@ -77,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--servers", default=None, help="default: every server (SSE)")
+    parser.add_argument(
+        "--servers", default=None, help="default: every server but the Flask and Django ones"
+    )
     parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="sse")
     parser.add_argument("--quick", action="store_true", help="300 watchers, one round")
     parser.add_argument("--json", type=Path)
@@ -86,7 +99,9 @@ def main() -> None:
         args.watchers, args.rounds = 300, 1
     if args.servers is None:
         args.servers = (
-            ",".join(SERVERS) if args.transport == "sse" else "watchroutes,watchroutes-aiohttp"
+            ",".join(DEFAULT_SERVERS)
+            if args.transport == "sse"
+            else "watchroutes,watchroutes-aiohttp"
         )
     pin_to_cpu(1)
     raise_open_files_limit()
@@ -101,12 +116,14 @@ def main() -> None:
     base = results.get("sse-starlette")
     plain = results.get("aiohttp")
     print(f"\n{args.watchers} idle {args.transport} watchers, medians of {args.rounds}\n")
-    print("| server | KiB per idle watcher | vs sse-starlette | vs aiohttp |")
-    print("|---|---:|---:|---:|")
+    print("| server | KiB per idle watcher | vs sse-starlette | vs aiohttp | vs peer |")
+    print("|---|---:|---:|---:|---:|")
     for kind, value in results.items():
         ratio = f"{value / base:.2f}" if base else ""
         vs_plain = f"{value / plain:.2f}" if plain else ""
-        print(f"| {kind} | {value / 1024:.1f} | {ratio} | {vs_plain} |")
+        peer = results.get(PEERS.get(kind, ""))
+        vs_peer = f"{value / peer:.2f}" if peer else ""
+        print(f"| {kind} | {value / 1024:.1f} | {ratio} | {vs_plain} | {vs_peer} |")
     if args.json:
         args.json.write_text(json.dumps({"watchers": args.watchers, "bytes": results}, indent=2))
 

@@ -9,7 +9,9 @@ Run it from the repository root::
         --repeat 1 --servers watchroutes,raw
 
 Three cases, each for every server in ``--servers`` (default: all of
-``sse_fanout_servers.SERVERS``):
+``sse_fanout_servers.DEFAULT_SERVERS``, every server but the Flask and Django ones, which are
+compared with ``--servers flask,flask-generator,django,django-streaming``; then *vs peer*
+divides each by its hand-written peer):
 
 * **paced** (``--paced WATCHERS:RATE[,RATE...]``, default ``100:100``, ``1000:10`` and
   ``5000:2``: 10,000 deliveries per second each): the server publishes RATE events per second
@@ -68,7 +70,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sse_fanout_servers import SERVERS, pin_to_cpu, raise_open_files_limit
+from sse_fanout_servers import DEFAULT_SERVERS, PEERS, SERVERS, pin_to_cpu, raise_open_files_limit
 
 HERE: Final = Path(__file__).resolve().parent
 SERVER_SCRIPT: Final = HERE / "sse_fanout_servers.py"
@@ -86,7 +88,9 @@ QUICK_SERVERS: Final = "watchroutes,watchroutes-aiohttp,raw,sse-starlette,aiohtt
 DATA: Final = b"data: "
 TAIL: Final = len(DATA) - 1
 STAMP: Final = re.compile(rb'"t":(\d+)')
-EVENT_ID: Final = re.compile(rb"^id: (\d+)\r?$", re.MULTILINE)
+#: The id of a block that carries data: an id-only block (watchroutes' bookmark, every 15 s
+#: by default) repeats the newest id and is no duplicate.
+EVENT_ID: Final = re.compile(rb"^id: (\d+)\r?\n(?:event: [^\r\n]*\r?\n)?data: ", re.MULTILINE)
 CLOCK_TICK: Final = os.sysconf("SC_CLK_TCK")
 
 #: Seconds allowed for: the server to print ``ready``, all watchers to connect and get their
@@ -299,14 +303,10 @@ class ServerProcess:
             await proc.wait()
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the server process, from /proc (clock-tick resolution)."""
+        """utime + stime of the server process and its children (gunicorn's worker), from
+        /proc (clock-tick resolution)."""
         assert self.proc is not None
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return float("nan")
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+        return process_cpu_seconds(self.proc.pid)
 
     async def control(self, method: str, target: str) -> Any:
         """One request on its own connection (``Connection: close``); the JSON body."""
@@ -342,6 +342,21 @@ class ServerProcess:
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(0.5)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its live descendants, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in (task / "children").read_text().split():
+                total += process_cpu_seconds(int(child))
+    return total
 
 
 async def open_watchers(
@@ -440,7 +455,9 @@ async def run_once(kind: str, case: Case, args: argparse.Namespace) -> Result:
             # Let the publisher finish, then wait for the last events (bounded by --drain).
             deadline = time.monotonic() + args.drain
             stats = await server.stats(deadline)
-            while stats["running"] and time.monotonic() < deadline:
+            # (A saturated publisher thread checks its window only between groups, so it may
+            # overshoot: its count is read once it has stopped.)
+            while stats["running"] and time.monotonic() < deadline + CONTROL_TIMEOUT:
                 await asyncio.sleep(0.05)
                 stats = await server.stats(deadline)
             published: int = stats["published"]
@@ -579,7 +596,8 @@ def throughput_table(results: list[Result], servers: Sequence[str]) -> str:
     """Both throughput modes, one row per mode, watcher count and server."""
     head = (
         "| mode | server | watchers | events | deliveries/s | vs raw | vs sse-starlette | "
-        "server CPU µs/delivery | CPU vs raw | client CPU | dropped | lost | duplicated |"
+        "vs peer | server CPU µs/delivery | CPU vs raw | CPU vs peer | client CPU | dropped | "
+        "lost | duplicated |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for watchers in sorted({r.watchers for r in results if r.mode != "paced"}):
@@ -604,8 +622,10 @@ def throughput_table(results: list[Result], servers: Sequence[str]) -> str:
                     ratio(rate[kind], rate.get("sse-starlette"))
                     if kind != "sse-starlette"
                     else "-",
+                    ratio(rate[kind], rate.get(PEERS[kind])) if kind in PEERS else "-",
                     fmt(cpu[kind], 1),
                     ratio(cpu[kind], cpu.get("raw")) if kind != "raw" else "-",
+                    ratio(cpu[kind], cpu.get(PEERS[kind])) if kind in PEERS else "-",
                     fmt(median(100 * r.client_cpu for r in rs), 0, " %"),
                     fmt(median(r.dropped for r in rs)),
                     fmt(max(r.lost for r in rs)),
@@ -660,7 +680,18 @@ def load_average() -> str:
 
 def versions() -> str:
     found = [f"Python {sys.version.split()[0]}"]
-    for name in ("watchroutes", "starlette", "uvicorn", "h11", "httptools", "anyio", "uvloop"):
+    for name in (
+        "watchroutes",
+        "starlette",
+        "uvicorn",
+        "h11",
+        "httptools",
+        "anyio",
+        "uvloop",
+        "flask",
+        "gunicorn",
+        "django",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found.append(f"{name} {importlib.metadata.version(name)}")
     return ", ".join(found)
@@ -766,7 +797,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="WATCHERS:RUNS",
         help="fewer runs for the cases of that many watchers (e.g. 5000:1)",
     )
-    parser.add_argument("--servers", default=None, help=f"default: {','.join(SERVERS)}")
+    parser.add_argument("--servers", default=None, help=f"default: {','.join(DEFAULT_SERVERS)}")
     parser.add_argument("--sample", type=int, default=200, help="watchers checking ids")
     parser.add_argument("--drain", type=float, default=60.0, help="max seconds to drain")
     parser.add_argument("--attempts", type=int, default=3, help="tries per run")
@@ -782,7 +813,7 @@ def main(argv: list[str] | None = None) -> None:
         args.deliveries = min(args.deliveries, 300_000)
         args.turn_deliveries = min(args.turn_deliveries, 100_000)
         args.servers = args.servers or QUICK_SERVERS
-    servers = [s for s in (args.servers or ",".join(SERVERS)).split(",") if s]
+    servers = [s for s in (args.servers or ",".join(DEFAULT_SERVERS)).split(",") if s]
     for kind in servers:
         if kind not in SERVERS:
             parser.error(f"unknown server {kind!r}; choose from {', '.join(SERVERS)}")

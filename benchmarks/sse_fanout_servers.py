@@ -49,6 +49,24 @@
 ``aiohttp``
     aiohttp's ``StreamResponse`` with one bounded queue per watcher, writing each event's
     pre-encoded SSE block with ``await response.write``.
+``flask``
+    A Flask app whose ``GET /orders`` is ``watch_view(orders)`` (``watchroutes.adapters.flask``)
+    on gunicorn, one ``gthread`` worker of ``WATCHROUTES_BENCH_THREADS`` threads (default
+    1,100: a watch holds a thread), as the Flask example runs; ``Hub(max_watches=threads -
+    50)``. The publisher is a thread of the worker calling ``orders.publish`` (the usual Flask
+    case: a view or a background thread publishes).
+``flask-generator``
+    What a Flask user writes by hand on the same gunicorn: a ``queue.Queue`` per watcher fed by
+    the publisher thread, streamed by a plain generator response that yields each event's
+    pre-encoded SSE block.
+``django``
+    Django's ASGI application with ``path("orders", watch_view(orders))``, wrapped by
+    ``watchroutes.adapters.django.asgi`` and served by uvicorn through
+    ``watchroutes.adapters.uvicorn.Server``, as the Django example runs.
+``django-streaming``
+    What a Django user writes by hand on the same uvicorn: an async view returning a
+    ``StreamingHttpResponse`` over an async generator that awaits one bounded
+    ``asyncio.Queue`` per watcher.
 
 The peers drop a watcher whose queue (1,000 events, watchroutes' default buffer) is full. All
 answer the same control routes:
@@ -65,6 +83,11 @@ answer the same control routes:
   Answers ``{"t0": <ns>}``, the publisher's start.
 * ``GET /_bench/stats``: ``{"published", "running", "encodes", "watchers"}`` (``encodes`` is
   the encoder calls since the last start, ``null`` for the raw server).
+
+On the gunicorn servers (``flask``, ``flask-generator``) the publisher is a thread, which
+cannot yield to an event loop: a burst group ends with ``time.sleep(0)`` (the watchers'
+threads take the GIL), and the control routes and the watchers are served by the one worker
+process (the server's CPU is the arbiter's and the worker's).
 
 All print ``ready http://HOST:PORT`` once they accept connections and stop on SIGTERM/SIGINT.
 
@@ -91,8 +114,10 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from queue import Full, Queue
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qsl
 
@@ -122,7 +147,19 @@ SERVERS: Final = (
     "aiohttp",
     "asgi-floor",
     "starlette-floor",
+    "flask",
+    "flask-generator",
+    "django",
+    "django-streaming",
 )
+#: Each framework's watchroutes server and the hand-written peer it is compared with.
+PEERS: Final = {"flask": "flask-generator", "django": "django-streaming"}
+#: The servers a run without ``--servers`` compares: all but the Flask and Django ones (a
+#: gunicorn thread per watcher does not reach the 5,000-watcher cases; they have a table of
+#: their own, see docs/benchmarks.md).
+DEFAULT_SERVERS: Final = tuple(s for s in SERVERS if s not in (*PEERS, *PEERS.values()))
+#: gunicorn's threads in the Flask servers' one gthread worker (a watcher holds one).
+FLASK_THREADS: Final = int(os.environ.get("WATCHROUTES_BENCH_THREADS", "1100"))
 #: uvicorn's event loop for the ASGI servers: "asyncio", as the raw server's, unless
 #: WATCHROUTES_BENCH_LOOP says otherwise ("uvloop"; uvicorn's default "auto" would pick uvloop
 #: whenever it is installed, and it is, for raw-uvloop).
@@ -169,51 +206,58 @@ class Publisher:
             raise RuntimeError("a publisher is already running")
         t0 = time.monotonic_ns()
         self.published = 0
-        run = (
-            self._burst(t0, seconds, count, burst) if burst else self._run(t0, rate, seconds, count)
-        )
-        self.task = asyncio.get_running_loop().create_task(run)
+        self._launch(schedule(t0, rate, seconds, count, burst))
         return t0
 
-    async def _emit(self, i: int) -> None:
-        result = self.emit(i, make_object(i))
-        if inspect.isawaitable(result):  # an async publish (broadcaster)
-            await result
-        self.published += 1
+    def _launch(self, steps: Iterator[int | float]) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(steps))
 
-    async def _run(self, t0: int, rate: float, seconds: float, count: int) -> None:
-        # Open loop: every event that is due is published when the task runs, late ones in a
-        # burst, so a saturated event loop does not slow the publisher down (the events queue
-        # up in the server, where the latency shows them). A server whose publishing itself is
-        # the bottleneck (the raw one writes to every socket inside ``emit``) publishes fewer:
-        # nothing is published after the window, so the run stays bounded.
-        interval = 1e9 / rate
-        stop = t0 + int(seconds * 1e9)
-        i = 0
-        while i < count:
-            woke = time.monotonic_ns()
-            # Publish what was due when the task woke, then yield (late events wait a turn).
-            while i < count and t0 + int(i * interval) <= woke:
-                if time.monotonic_ns() >= stop:
-                    return
-                await self._emit(i)
-                i += 1
-            now = time.monotonic_ns()
-            if now >= stop:
-                return
-            await asyncio.sleep(max(0.0, (t0 + int(i * interval) - now) / 1e9))
+    async def _run(self, steps: Iterator[int | float]) -> None:
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)  # (0.0: one turn of the event loop)
+                continue
+            result = self.emit(step, make_object(step))
+            if inspect.isawaitable(result):  # an async publish (broadcaster)
+                await result
+            self.published += 1
 
-    async def _burst(self, t0: int, seconds: float, count: int, burst: int) -> None:
-        # As fast as the server fans out: ``burst`` events, then one turn of the event loop
-        # (every woken watcher writes before the next group), so no queue grows past about
-        # ``burst`` events and the throughput is the fan-out's, not the publisher's.
-        stop = t0 + int(seconds * 1e9)
-        i = 0
+
+def schedule(t0: int, rate: float, seconds: float, count: int, burst: int) -> Iterator[int | float]:
+    """The publisher's steps: an ``int`` is the index of the event to publish now, a ``float``
+    the seconds to sleep (or yield: ``0.0``) before the next step.
+
+    Paced (``burst`` 0), an open loop: every event that is due is published when the
+    publisher runs, late ones in a burst, so a saturated server does not slow the publisher
+    down (the events queue up in the server, where the latency shows them). A server whose
+    publishing itself is the bottleneck (the raw one writes to every socket inside ``emit``)
+    publishes fewer: nothing is published after the window, so the run stays bounded.
+
+    With ``burst``: as fast as the server fans out, ``burst`` events, then one yield (every
+    woken watcher writes before the next group), so no queue grows past about ``burst`` events
+    and the throughput is the fan-out's, not the publisher's."""
+    stop = t0 + int(seconds * 1e9)
+    i = 0
+    if burst:
         while i < count and time.monotonic_ns() < stop:
             for _ in range(min(burst, count - i)):
-                await self._emit(i)
+                yield i
                 i += 1
-            await asyncio.sleep(0)
+            yield 0.0
+        return
+    interval = 1e9 / rate
+    while i < count:
+        woke = time.monotonic_ns()
+        # Publish what was due when the publisher woke, then sleep (late events wait a turn).
+        while i < count and t0 + int(i * interval) <= woke:
+            if time.monotonic_ns() >= stop:
+                return
+            yield i
+            i += 1
+        now = time.monotonic_ns()
+        if now >= stop:
+            return
+        yield max(0.0, (t0 + int(i * interval) - now) / 1e9)
 
 
 def parse_start(query: str) -> tuple[float, float, int, int]:
@@ -233,7 +277,7 @@ def parse_start(query: str) -> tuple[float, float, int, int]:
 class _Watchroutes:
     """The hub every watchroutes server publishes to, with its encoder counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_watches: int | None = None) -> None:
         import watchroutes._core.events as events_module
         from watchroutes import Hub
 
@@ -246,7 +290,7 @@ class _Watchroutes:
             return real_encode(value)
 
         events_module.encode = counting_encode
-        self.hub = Hub()
+        self.hub = Hub(max_watches=max_watches)
         self.orders = self.hub.resource("orders", kind="Order")
         orders = self.orders
         self.publisher = Publisher(lambda i, obj: orders.publish("MODIFIED", obj))
@@ -665,6 +709,265 @@ def run_aiohttp(host: str, port: int) -> None:
     _serve_aiohttp(app, host, port, fanout.publisher, fanout.stats)
 
 
+# -- Flask on gunicorn (gthread) and Django on uvicorn ---------------------------------------
+
+
+class ThreadPublisher(Publisher):
+    """:class:`Publisher` as a thread (a WSGI app has no event loop): the same schedule, and
+    ``time.sleep(0)`` where the asyncio one yields a loop turn."""
+
+    thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def _launch(self, steps: Iterator[int | float]) -> None:
+        self.thread = threading.Thread(
+            target=self._publish, args=(steps,), name="publisher", daemon=True
+        )
+        self.thread.start()
+
+    def _publish(self, steps: Iterator[int | float]) -> None:
+        for step in steps:
+            if isinstance(step, float):
+                time.sleep(step)  # (0.0: the watchers' threads take the GIL)
+                continue
+            self.emit(step, make_object(step))
+            self.published += 1
+
+
+def _flask_control(
+    app: Any,
+    publisher: ThreadPublisher,
+    stats: Callable[[], dict[str, Any]],
+    on_start: Callable[[], None] = lambda: None,
+) -> None:
+    """``POST /_bench/start`` and ``GET /_bench/stats`` on a Flask app."""
+    from flask import jsonify, request
+
+    def start() -> Any:
+        try:
+            rate, seconds, count, burst = parse_start(request.query_string.decode())
+        except (KeyError, ValueError) as exc:
+            return jsonify({"error": str(exc)}), 400
+        if publisher.running:
+            return jsonify({"error": "already running"}), 409
+        on_start()
+        return jsonify({"t0": publisher.start(rate, seconds, count, burst)}), 202
+
+    def get_stats() -> Any:
+        return jsonify(stats())
+
+    app.add_url_rule("/_bench/start", view_func=start, methods=["POST"])
+    app.add_url_rule("/_bench/stats", view_func=get_stats)
+
+
+def _run_gunicorn(app: Any, host: str, port: int, hooks: dict[str, Any] | None = None) -> None:
+    """Serve ``app`` with gunicorn, one gthread worker of ``FLASK_THREADS`` threads (as the
+    Flask example), announcing ``ready URL`` from the worker."""
+    from gunicorn.app.base import BaseApplication
+
+    hooks = dict(hooks or {})
+    post_worker_init = hooks.pop("post_worker_init", lambda worker: None)
+
+    def ready(worker: Any) -> None:
+        post_worker_init(worker)
+        bound_host, bound_port = worker.sockets[0].getsockname()[:2]
+        print(f"ready http://{bound_host}:{bound_port}", flush=True)
+
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": FLASK_THREADS,
+        "worker_connections": FLASK_THREADS + 100,
+        "backlog": 4096,
+        "graceful_timeout": 3,
+        "keepalive": 5,
+        "post_worker_init": ready,
+        "accesslog": None,
+        "loglevel": "warning",
+        **hooks,
+    }
+
+    class Bench(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for name, value in options.items():
+                self.cfg.set(name, value)
+
+        def load(self) -> Any:
+            return app
+
+    Bench().run()
+
+
+def run_flask(host: str, port: int) -> None:
+    """watchroutes' Flask adapter on gunicorn gthread, published from a thread."""
+    from flask import Flask
+
+    from watchroutes.adapters.flask import WatchRoutes, post_worker_init, watch_view, worker_int
+
+    wr = _Watchroutes(max_watches=FLASK_THREADS - 50)  # plain requests keep a few threads
+    orders = wr.orders
+    publisher = ThreadPublisher(lambda i, obj: orders.publish("MODIFIED", obj))
+    wr.publisher = publisher
+    app = Flask("bench")
+    WatchRoutes(app, wr.hub)
+    app.add_url_rule("/orders", view_func=watch_view(orders))
+    _flask_control(app, publisher, wr.stats, wr.on_start)
+    _run_gunicorn(app, host, port, {"post_worker_init": post_worker_init, "worker_int": worker_int})
+
+
+class _GeneratorWatcher:
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: Queue[bytes | None] = Queue(maxsize=PEER_BUFFER)
+
+
+def run_flask_generator(host: str, port: int) -> None:
+    """The hand-written Flask peer: a queue.Queue per watcher, a generator response."""
+    from flask import Flask, Response
+
+    watchers: set[_GeneratorWatcher] = set()
+    lock = threading.Lock()
+    rv = 0
+
+    def emit(i: int, obj: dict[str, Any]) -> None:
+        nonlocal rv
+        rv += 1
+        _, block = _envelope_block(rv, obj)
+        with lock:
+            current = list(watchers)
+        for watcher in current:
+            try:
+                watcher.queue.put_nowait(block)
+            except Full:  # too slow: dropped (its generator ends at the sentinel)
+                with lock:
+                    watchers.discard(watcher)
+                with watcher.queue.mutex:
+                    watcher.queue.queue.clear()
+                watcher.queue.put_nowait(None)
+
+    publisher = ThreadPublisher(emit)
+    app = Flask("bench")
+
+    @app.get("/orders")
+    def orders() -> Response:
+        watcher = _GeneratorWatcher()
+        with lock:
+            watchers.add(watcher)
+
+        def events() -> Iterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                while (block := watcher.queue.get()) is not None:
+                    yield block
+            finally:
+                with lock:
+                    watchers.discard(watcher)
+
+        return Response(events(), mimetype="text/event-stream")
+
+    def stats() -> dict[str, Any]:
+        with lock:
+            count = len(watchers)
+        return {
+            "published": publisher.published,
+            "running": publisher.running,
+            "encodes": None,
+            "watchers": count,
+        }
+
+    _flask_control(app, publisher, stats)
+    _run_gunicorn(app, host, port)
+
+
+def _configure_django(urlpatterns: list[Any]) -> Any:
+    """Django configured in code (no project), with ``urlpatterns``; its ASGI application."""
+    import types
+
+    import django
+    from django.conf import settings
+    from django.core.asgi import get_asgi_application
+
+    urls = types.ModuleType("bench_urls")
+    urls.urlpatterns = urlpatterns  # type: ignore[attr-defined]
+    sys.modules["bench_urls"] = urls
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="watchroutes-benchmark-not-secret",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="bench_urls",
+        INSTALLED_APPS=[],
+        MIDDLEWARE=[],
+        DATABASES={},
+        USE_TZ=True,
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+    return get_asgi_application()
+
+
+def _with_control(
+    app: Any,
+    publisher: Publisher,
+    stats: Callable[[], dict[str, Any]],
+    on_start: Callable[[], None] = lambda: None,
+) -> Any:
+    """``app`` with the control routes (a Starlette app beside it, on the same loop)."""
+    from starlette.applications import Starlette
+
+    control = Starlette(routes=_control_routes(publisher, stats, on_start))
+
+    async def dispatch(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/_bench/"):
+            await control(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
+
+
+def run_django(host: str, port: int) -> None:
+    """watchroutes' Django adapter under ASGI, on uvicorn (the hub in its ``Server``)."""
+    from django.urls import path
+
+    from watchroutes.adapters.django import asgi, watch_view
+
+    wr = _Watchroutes()
+    application = _configure_django([path("orders", watch_view(wr.orders))])
+    app = asgi(application, wr.hub)
+    _run_uvicorn(_with_control(app, wr.publisher, wr.stats, wr.on_start), host, port, [wr.hub])
+
+
+def run_django_streaming(host: str, port: int) -> None:
+    """The hand-written Django peer: StreamingHttpResponse over an async generator."""
+    from django.http import HttpRequest, StreamingHttpResponse
+    from django.urls import path
+
+    fanout = QueueFanout()
+
+    async def orders(request: HttpRequest) -> StreamingHttpResponse:
+        queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue(maxsize=PEER_BUFFER)
+        fanout.queues.add(queue)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                while True:
+                    _, _, block = await queue.get()
+                    yield block
+            finally:
+                fanout.queues.discard(queue)
+
+        return StreamingHttpResponse(events(), content_type="text/event-stream")
+
+    application = _configure_django([path("orders", orders)])
+    _run_uvicorn(_with_control(application, fanout.publisher, fanout.stats), host, port)
+
+
 def _serve_aiohttp(
     app: Any,
     host: str,
@@ -881,6 +1184,14 @@ def serve(args: argparse.Namespace) -> None:
         run_sse_starlette(args.host, args.port)
     elif args.server == "aiohttp":
         run_aiohttp(args.host, args.port)
+    elif args.server == "flask":
+        run_flask(args.host, args.port)
+    elif args.server == "flask-generator":
+        run_flask_generator(args.host, args.port)
+    elif args.server == "django":
+        run_django(args.host, args.port)
+    elif args.server == "django-streaming":
+        run_django_streaming(args.host, args.port)
     elif args.server == "raw-uvloop":
         import uvloop
 

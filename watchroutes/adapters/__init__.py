@@ -34,6 +34,17 @@ An adapter translates; every rule lives in the hub. It reads a request into a
   for open connections, then ``await hub.aclose()``. A server that watchroutes starts calls
   :func:`freeze_startup_objects` once the app is up (shorter collector pauses).
 * **Metrics**: :func:`mounted` when a resource is mounted on a route (its series exist at 0).
+* **CORS**: :func:`cors_on` says whether an ``OPTIONS`` is a preflight for the hub to answer.
+* **WSGI servers**: :class:`WSGIBody` (a watch's response body, released when its client
+  leaves, noticed on :func:`server_socket` where the server gives it), :func:`answer_watched`
+  (a long poll cancelled when its client leaves), :func:`read_wsgi_body`,
+  :func:`chain_sigterm` (gunicorn's exit signal), :class:`HubThreads` (one loop thread per
+  hub, started on first use), and :func:`serve_threaded`, a WebSocket
+  watch over a blocking WebSocket (simple-websocket's, made :func:`poking`) through
+  :class:`ThreadedSocket`, after :func:`valid_handshake`; :func:`offered_subprotocols`.
+* **ASGI around a handler that refuses lifespan and WebSocket scopes** (Django's):
+  :func:`asgi_wrapper`, :class:`ASGISocket`, :func:`asgi_websocket_request`; and
+  :func:`reply_chunks`, a watch reply's whole body as an async iterator.
 
 An adapter imports this module, the public ``watchroutes`` namespace and its own framework;
 never a private module (a test checks). ``docs/adapters.md`` writes one in about 100 lines.
@@ -47,6 +58,10 @@ from .._core.params import Mode as _Mode
 from .._core.params import is_watch as _is_watch
 from .._public import present_as_public as _present_as_public
 from .._runtime.answers import RequestInfo as RequestInfo
+from .._runtime.asgi import ASGISocket as ASGISocket
+from .._runtime.asgi import asgi_websocket_request as asgi_websocket_request
+from .._runtime.asgi import asgi_wrapper as asgi_wrapper
+from .._runtime.asgi import reply_chunks as reply_chunks
 from .._runtime.asgi_direct import AsgiDirect as AsgiDirect
 from .._runtime.asgi_direct import run_app as run_app
 from .._runtime.blocking import HubThread as HubThread
@@ -68,37 +83,68 @@ from .._runtime.stream import WatchStream as WatchStream
 from .._runtime.stream import http_chunk as http_chunk
 from .._runtime.stream import serve as serve
 from .._runtime.stream import stream_chunks as stream_chunks
+from .._runtime.threaded_socket import ThreadedSocket as ThreadedSocket
+from .._runtime.threaded_socket import offered_subprotocols as offered_subprotocols
+from .._runtime.threaded_socket import poking as poking
+from .._runtime.threaded_socket import serve_threaded as serve_threaded
+from .._runtime.threaded_socket import valid_handshake as valid_handshake
 from .._runtime.websocket import Socket as Socket
 from .._runtime.websocket import WebSocketLimits as WebSocketLimits
 from .._runtime.websocket import WebSocketRequest as WebSocketRequest
+from .._runtime.wsgi import DRAIN_FACTOR as DRAIN_FACTOR
+from .._runtime.wsgi import HubThreads as HubThreads
+from .._runtime.wsgi import WSGIBody as WSGIBody
+from .._runtime.wsgi import answer_watched as answer_watched
+from .._runtime.wsgi import chain_sigterm as chain_sigterm
+from .._runtime.wsgi import read_limited as read_limited
+from .._runtime.wsgi import read_wsgi_body as read_wsgi_body
+from .._runtime.wsgi import server_socket as server_socket
 
 __all__ = (
+    "ASGISocket",
     "AsgiDirect",
     "AsgiDirectWriter",
     "BodyLimit",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_JSON_DEPTH",
     "DIRECT_EXTENSION",
+    "DRAIN_FACTOR",
     "DirectWriter",
     "Disconnected",
     "Hub",
     "HubThread",
+    "HubThreads",
     "Reply",
     "RequestInfo",
     "Resource",
     "Socket",
+    "ThreadedSocket",
+    "WSGIBody",
     "WatchStream",
     "WebSocketLimits",
     "WebSocketRequest",
+    "answer_watched",
+    "asgi_websocket_request",
+    "asgi_wrapper",
+    "chain_sigterm",
+    "cors_on",
     "decode_json",
     "freeze_startup_objects",
     "http_chunk",
     "is_watch",
     "mounted",
+    "offered_subprotocols",
+    "poking",
+    "read_limited",
+    "read_wsgi_body",
+    "reply_chunks",
     "run_app",
     "serve",
+    "serve_threaded",
+    "server_socket",
     "status_reply",
     "stream_chunks",
+    "valid_handshake",
     "wsgi_body",
 )
 
@@ -117,6 +163,12 @@ def is_watch(request: RequestInfo) -> bool:
 def mounted(resource: Resource) -> None:
     """A resource was mounted on a route: its metric series exist from now on (at 0)."""
     _declare_resource(resource.hub.metrics, resource.name)
+
+
+def cors_on(resource: Resource) -> bool:
+    """Whether the resource (or its hub) allows cross-origin access: only then is an
+    ``OPTIONS`` the CORS preflight (otherwise it goes to the view, as before)."""
+    return resource.cors is not None or resource.hub.cors is not None
 
 
 _present_as_public(globals())  # the names' __module__ is this public module

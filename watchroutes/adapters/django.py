@@ -25,16 +25,10 @@ the watch views (Channels is not needed); :func:`publish_on_commit` publishes af
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import signal
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
-
-import anyio
 
 try:
     from asgiref.sync import async_to_sync, sync_to_async
@@ -55,21 +49,24 @@ from watchroutes import BadRequest, ClientError, MethodNotAllowed
 from . import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
-    BodyLimit,
-    Disconnected,
+    ASGISocket,
     Hub,
-    HubThread,
+    HubThreads,
     Reply,
     RequestInfo,
     Resource,
     WebSocketLimits,
-    WebSocketRequest,
+    WSGIBody,
+    asgi_websocket_request,
+    asgi_wrapper,
+    chain_sigterm,
+    cors_on,
     decode_json,
     is_watch,
     mounted,
+    read_limited,
+    reply_chunks,
     status_reply,
-    stream_chunks,
-    wsgi_body,
 )
 
 __all__ = [
@@ -92,42 +89,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
 
-_runners: dict[int, HubThread] = {}
-_runners_lock = threading.Lock()
-
-
-def _runner(hub: Hub) -> HubThread:
-    """The hub's loop thread under WSGI: one per hub and process, started on first use and
-    stopped (every watch ended resumably) at exit by ``HubThread``'s owner, :func:`stop`."""
-    with _runners_lock:
-        runner = _runners.get(id(hub))
-        if runner is None:
-            runner = _runners[id(hub)] = HubThread(hub).start()
-        return runner
+_runners = HubThreads()  # the hubs' loop threads under WSGI, started on first use
 
 
 def stop(timeout: float | None = None) -> None:
     """Under WSGI: end every watch with a final bookmark and stop the hubs' threads (call it
     from the server's exit hook, e.g. gunicorn's ``worker_int`` or a SIGTERM handler)."""
-    with _runners_lock:
-        runners = list(_runners.values())
-        _runners.clear()
-    for runner in runners:
-        runner.stop(timeout)
+    _runners.stop(timeout)
 
 
 def post_worker_init(worker: Any) -> None:
     """gunicorn hook under WSGI (``post_worker_init = ...`` in its config): on SIGTERM, end
     every watch with a final bookmark before the worker waits for its requests (gunicorn's
     own handler only stops accepting)."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(number: int, frame: Any) -> None:
-        threading.Thread(target=stop, args=(8.0,), name="watchroutes-stop", daemon=True).start()
-        if callable(previous):
-            previous(number, frame)
-
-    signal.signal(signal.SIGTERM, handler)
+    chain_sigterm(functools.partial(stop, 8.0))
 
 
 def worker_int(worker: Any) -> None:
@@ -158,35 +133,6 @@ def _release_db() -> None:
             conn.close()
 
 
-async def _async_body(reply: Reply) -> AsyncIterator[bytes]:
-    assert reply.stream is not None
-    chunks = stream_chunks(reply.stream)
-    try:
-        yield reply.body  # even empty: the headers go out at once
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        await chunks.aclose()
-
-
-class _Body:
-    """``wsgi_body(reply)`` with its first chunk always yielded, even when empty: gunicorn
-    sends the headers with it, so a JSON-lines watch with nothing to send yet answers at once.
-    Closing it releases the watch, even one never iterated."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.first = reply.body
-        self.body = wsgi_body(reply)
-
-    def __iter__(self) -> Iterator[bytes]:
-        if not self.first:
-            yield b""
-        yield from self.body
-
-    def close(self) -> None:
-        getattr(self.body, "close")()  # noqa: B009 - WatchBody always has it
-
-
 def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
     """A Django response for ``reply``; a watch streams as the handler needs it (an async
     iterator under ASGI, a plain one under WSGI)."""
@@ -197,9 +143,9 @@ def reply_response(reply: Reply, *, asynchronous: bool) -> HttpResponseBase:
     if reply.stream is None:
         content = [reply.body]
     elif asynchronous:
-        content = _async_body(reply)
+        content = reply_chunks(reply)
     else:
-        content = _Body(reply)
+        content = WSGIBody(reply)
     return StreamingHttpResponse(content, status=reply.status, headers=headers)
 
 
@@ -245,18 +191,12 @@ def _answer_sync(
     if asynchronous:  # a sync view under ASGI: the hub runs on the server's loop
         reply = async_to_sync(call)(resource.name, info)
     else:
-        reply = _runner(hub).call(call, resource.name, info)
+        reply = _runners.start(hub).call(call, resource.name, info)
     if reply is None:
         return None
     if reply.stream is not None:
         _release_db()
     return reply_response(reply, asynchronous=asynchronous)
-
-
-def _cors_on(resource: Resource) -> bool:
-    """Whether the resource (or its hub) allows cross-origin access: only then is an
-    ``OPTIONS`` the CORS preflight (otherwise it goes to the view, as before)."""
-    return resource.cors is not None or resource.hub.cors is not None
 
 
 def _preflight(
@@ -289,7 +229,7 @@ def watchable(
         if inspect.iscoroutinefunction(view):
 
             async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+                if request.method == "OPTIONS" and cors_on(resource):  # a CORS preflight
                     return _preflight(resource, request, key, kwargs)
                 if request.method == "GET":
                     if run_endpoint and is_watch(request_info(request, key, kwargs)):
@@ -306,7 +246,7 @@ def watchable(
         else:
 
             def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+                if request.method == "OPTIONS" and cors_on(resource):  # a CORS preflight
                     return _preflight(resource, request, key, kwargs)
                 if request.method == "GET":
                     if run_endpoint and is_watch(request_info(request, key, kwargs)):
@@ -334,7 +274,7 @@ def watch_view(resource: Resource, *, key: str | None = None) -> Callable[..., A
     mounted(resource)
 
     async def view(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
-        if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+        if request.method == "OPTIONS" and cors_on(resource):  # a CORS preflight
             return _preflight(resource, request, key, kwargs)
         if request.method not in ("GET", "HEAD"):
             response = error_response(_method_not_allowed(request))
@@ -387,10 +327,8 @@ def read_json(
     max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> Any:
     """The request's JSON body, limited while it is read (413); anything but JSON is a 400."""
-    counter = BodyLimit(limit, request.headers.get("content-length"))
-    while chunk := request.read(65536):
-        counter.feed(chunk)
-    return decode_json(counter.body(), max_depth=max_depth)
+    body = read_limited(request.read, request.headers.get("content-length"), limit)
+    return decode_json(body, max_depth=max_depth)
 
 
 def publish_on_commit(
@@ -411,46 +349,6 @@ def publish_on_commit(
 # -- ASGI: lifespan and WebSocket around Django's handler (which refuses both)
 
 
-class _Socket:
-    """An ASGI WebSocket as the runtime's socket."""
-
-    def __init__(
-        self, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
-    ):
-        self._receive = receive
-        self._send = send
-        self.gone = False
-
-    async def accept(self, subprotocol: str | None) -> None:
-        await self._receive()  # websocket.connect
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
-
-    async def receive(self) -> str | bytes | None:
-        if self.gone:
-            return None
-        message = await self._receive()
-        if message["type"] != "websocket.receive":
-            self.gone = True
-            return None
-        if message.get("text") is not None:
-            return str(message["text"])
-        return bytes(message.get("bytes") or b"")
-
-    async def send(self, text: str) -> None:
-        if self.gone:
-            raise Disconnected
-        try:
-            await self._send({"type": "websocket.send", "text": text})
-        except OSError as exc:  # uvicorn's ClientDisconnected
-            self.gone = True
-            raise Disconnected from exc
-
-    async def close(self, code: int, reason: str) -> None:
-        if not self.gone:
-            self.gone = True
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-
 def asgi(
     application: ASGIApp,
     hub: Hub | Iterable[Hub],
@@ -468,79 +366,15 @@ def asgi(
     wrapper reads it first and answers 413 past ``max_body`` while reading (before reading,
     when ``Content-Length`` says so)."""
     hubs = [hub] if isinstance(hub, Hub) else list(hub)
-    write_timeout = max(h.write_timeout for h in hubs)
 
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(hubs, receive, send)
-        elif scope["type"] == "websocket":
-            await _websocket(scope, receive, send, authorize, limits)
-        else:
+    async def websocket(scope: Scope, receive: Any, send: Any) -> None:
+        await _websocket(scope, receive, send, authorize, limits)
 
-            async def timed_send(message: Any) -> None:
-                # Django's handler writes a stream without a time limit: a peer that stopped
-                # reading is let go after the hub's write timeout, as under the other adapters.
-                try:
-                    with anyio.fail_after(write_timeout):
-                        await send(message)
-                except TimeoutError:
-                    raise RequestAborted from None  # (Django ends the response quietly)
-
-            await _limited(application, max_body, scope, receive, timed_send)
-
-    return app
-
-
-async def _limited(application: ASGIApp, limit: int, scope: Scope, receive: Any, send: Any) -> None:
-    headers = dict(scope.get("headers") or ())
-    try:
-        counter = BodyLimit(limit, _latin1(headers.get(b"content-length")))
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left
-            counter.feed(message.get("body", b""))
-            more = message.get("more_body", False)
-    except ClientError as exc:
-        reply = status_reply(exc)
-        raw = [(k.encode(), v.encode()) for k, v in reply.headers]
-        raw.append((b"content-length", str(len(reply.body)).encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": raw})
-        await send({"type": "http.response.body", "body": reply.body})
-        return
-    replayed = False
-
-    async def replay() -> Any:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": counter.body(), "more_body": False}
-        return await receive()
-
-    await application(scope, replay, send)
-
-
-def _latin1(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
-
-
-async def _lifespan(hubs: list[Hub], receive: Any, send: Any) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        await receive()  # lifespan.startup
-        try:
-            for hub in hubs:
-                await stack.enter_async_context(hub)
-        except Exception as exc:
-            await send({"type": "lifespan.startup.failed", "message": str(exc)[:200]})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-    await send({"type": "lifespan.shutdown.complete"})
-
-
-def _cookies(header: str | None) -> dict[str, str]:
-    return {} if not header else parse_cookie(header)
+    # Django's handler writes a stream without a time limit: a peer that stopped reading is
+    # let go after the hub's write timeout (RequestAborted: Django ends the response quietly).
+    return asgi_wrapper(
+        application, hubs, websocket=websocket, max_body=max_body, aborted=RequestAborted
+    )
 
 
 async def _websocket(scope: Scope, receive: Any, send: Any, authorize: Any, limits: Any) -> None:
@@ -554,19 +388,8 @@ async def _websocket(scope: Scope, receive: Any, send: Any, authorize: Any, limi
         await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
         return
     resource, key = target
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    request = WebSocketRequest(
-        query=parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True),
-        subprotocols=tuple(scope.get("subprotocols") or ()),
-        origin=headers.get("origin"),
-        host=headers.get("host"),
-        secure=scope.get("scheme") == "wss",
-        key=None if key is None else str(match.kwargs[key]),
-        authorization=headers.get("authorization"),
-        headers=headers,
-        cookies=_cookies(headers.get("cookie")),
-        client=(scope.get("client") or (None,))[0],
-    )
+    key_value = None if key is None else str(match.kwargs[key])
+    request = asgi_websocket_request(scope, key_value, parse_cookie)
     await resource.hub.serve_websocket(
-        resource.name, request, _Socket(receive, send), authorize=authorize, limits=limits
+        resource.name, request, ASGISocket(receive, send), authorize=authorize, limits=limits
     )

@@ -30,21 +30,12 @@ hub; gunicorn hooks: ``from watchroutes.adapters.flask import post_worker_init, 
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import functools
-import selectors
-import signal
-import socket
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-import anyio
-import anyio.from_thread
-import anyio.lowlevel
 
 try:
     import simple_websocket
@@ -60,8 +51,6 @@ from watchroutes import BadRequest, ClientError
 from . import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
-    BodyLimit,
-    Disconnected,
     Hub,
     HubThread,
     Reply,
@@ -69,11 +58,20 @@ from . import (
     Resource,
     WebSocketLimits,
     WebSocketRequest,
+    WSGIBody,
+    answer_watched,
+    chain_sigterm,
+    cors_on,
     decode_json,
     is_watch,
     mounted,
+    offered_subprotocols,
+    poking,
+    read_wsgi_body,
+    serve_threaded,
+    server_socket,
     status_reply,
-    wsgi_body,
+    valid_handshake,
 )
 
 __all__ = [
@@ -93,9 +91,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION = "watchroutes"
-#: A refused body declared at most this many times the limit is read (and dropped) before
-#: the 413 goes out (see :func:`read_body`).
-DRAIN_FACTOR = 16
 _INSTANCES: weakref.WeakSet[WatchRoutes] = weakref.WeakSet()
 
 
@@ -175,88 +170,6 @@ def request_info(key: str | None = None) -> RequestInfo:
     )
 
 
-class _Body:
-    """``wsgi_body(reply)``, with the reply's first chunk always yielded, even when empty: a
-    JSON-lines watch that has nothing to send yet still flushes its headers at once on
-    gunicorn (which sends them on any write). While it streams, its socket (gunicorn's) is
-    watched for the client's close (see :class:`_Departures`). Closing it releases the watch."""
-
-    def __init__(self, reply: Reply, sock: socket.socket | None) -> None:
-        self.first = reply.body
-        self.body = wsgi_body(reply)
-        self.stream = reply.stream
-        self.sock = sock
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self.sock is not None and self.stream is not None:
-            _departures.watch(self.sock, self.stream)
-        if not self.first:
-            yield b""
-        yield from self.body
-
-    def close(self) -> None:
-        if self.sock is not None:
-            _departures.forget(self.sock)
-        getattr(self.body, "close")()  # noqa: B009 - WatchBody always has it
-
-
-#: How often the sockets of open watches are looked at for a client that closed.
-DEPARTURE_POLL_SECONDS = 0.5
-
-
-class _Departures:
-    """Notices a client that closed its connection while its watch writes nothing (a JSON-lines
-    watch without bookmarks, a long poll, between heartbeats): WSGI reports a departed client
-    only when a write fails. One thread per process looks at the open watches' sockets every
-    ``DEPARTURE_POLL_SECONDS``; a socket at end-of-file (or reset) ends its watch, as a failed
-    write would."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: dict[socket.socket, Any] = {}
-        self._thread: threading.Thread | None = None
-
-    def watch(self, sock: socket.socket, stream: Any) -> None:
-        with self._lock:
-            self._watched[sock] = stream
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="watchroutes-departures")
-                self._thread.daemon = True
-                self._thread.start()
-
-    def forget(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._watched.pop(sock, None)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(DEPARTURE_POLL_SECONDS)
-            with self._lock:
-                watched = list(self._watched.items())
-            if not watched:
-                continue
-            with selectors.DefaultSelector() as selector:
-                for sock, stream in watched:
-                    with contextlib.suppress(ValueError, OSError):  # closed meanwhile
-                        selector.register(sock, selectors.EVENT_READ, stream)
-                ready = selector.select(0)
-            for key, _ in ready:
-                peer = key.fileobj
-                assert isinstance(peer, socket.socket)
-                try:
-                    gone = peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-                except BlockingIOError:
-                    gone = False
-                except OSError:  # reset
-                    gone = True
-                if gone:
-                    self.forget(peer)
-                    key.data.interrupt()
-
-
-_departures = _Departures()
-
-
 def reply_response(reply: Reply) -> Response:
     """A Flask response for a :class:`Reply`; a watch streams from the request thread."""
     if reply.stream is None and not reply.chunked:
@@ -264,8 +177,7 @@ def reply_response(reply: Reply) -> Response:
     if reply.stream is None:
         body: Any = iter((reply.body,))
     else:
-        sock = request.environ.get("gunicorn.socket") if has_request_context() else None
-        body = _Body(reply, sock if isinstance(sock, socket.socket) else None)
+        body = WSGIBody(reply, server_socket(request.environ) if has_request_context() else None)
     return Response(body, reply.status, reply.headers, direct_passthrough=True)
 
 
@@ -288,53 +200,17 @@ def _answer(resource: Resource, key: str | None, list_: bool) -> Response | None
     hub = resource.hub
     answer = hub.answer if list_ else hub.answer_watch
     info = request_info(key)
-    sock = request.environ.get("gunicorn.socket")
-    if request.args.get("feed") != "longpoll" or not isinstance(sock, socket.socket):
-        reply = ext.start().call(answer, resource.name, info)
-        return None if reply is None else reply_response(reply)
-    pending = _LongPoll()  # it waits on the hub's loop: cancelled if its client leaves
-    _departures.watch(sock, pending)
-    try:
-        reply = ext.start().call(pending.run, answer, resource.name, info)
-    finally:
-        _departures.forget(sock)
-    if pending.left:
+    longpoll = request.args.get("feed") == "longpoll"
+    sock = server_socket(request.environ)
+    reply, left = answer_watched(ext.start(), answer, resource.name, info, sock, longpoll=longpoll)
+    if left:
         return Response(status=204)  # (nobody reads it)
     return None if reply is None else reply_response(reply)
-
-
-class _LongPoll:
-    """A long poll waiting for its answer on the hub's loop; ``interrupt()`` (from the thread
-    that noticed its client left) cancels the wait, which releases the watch."""
-
-    def __init__(self) -> None:
-        self.scope: anyio.CancelScope | None = None
-        self.token: Any = None
-        self.left = False
-
-    async def run(self, answer: Callable[..., Any], name: str, info: RequestInfo) -> Any:
-        self.token = anyio.lowlevel.current_token()
-        with anyio.CancelScope() as self.scope:
-            return await answer(name, info)
-        self.left = True
-        return None
-
-    def interrupt(self) -> None:
-        scope, token = self.scope, self.token
-        if scope is not None and token is not None:
-            with contextlib.suppress(Exception):  # it has just ended
-                anyio.from_thread.run_sync(scope.cancel, token=token)
 
 
 def _add_vary(response: Response) -> None:
     if "accept" not in (response.headers.get("vary") or "").lower():
         response.vary.add("Accept")
-
-
-def _cors_on(resource: Resource) -> bool:
-    """Whether the resource (or its hub) allows cross-origin access: only then is an
-    ``OPTIONS`` the CORS preflight (otherwise it goes to the view, as before)."""
-    return resource.cors is not None or resource.hub.cors is not None
 
 
 def _preflight(resource: Resource, key: str | None) -> Response:
@@ -358,7 +234,7 @@ def watchable(
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if request.method == "OPTIONS" and _cors_on(resource):  # a CORS preflight
+            if request.method == "OPTIONS" and cors_on(resource):  # a CORS preflight
                 return _preflight(resource, key)
             websocket = _is_websocket()
             if request.method == "GET" or websocket:
@@ -425,21 +301,9 @@ def read_body(*, limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
     and dropped first: gunicorn drains only 64 KiB of an unread body before it closes the
     connection, and a close with unread data resets it, so a client still sending would lose
     the 413. Larger or chunked bodies are refused at once."""
-    stream = request.stream
-    try:
-        declared = request.content_length
-        counter = BodyLimit(limit, request.headers.get("content-length"))
-        while chunk := stream.read(65536):
-            counter.feed(chunk)
-    except ClientError:
-        if declared is not None and declared <= DRAIN_FACTOR * limit:
-            with contextlib.suppress(Exception):  # (the client may leave meanwhile)
-                while stream.read(65536):
-                    pass
-        raise
-    except Exception:  # the server's own: the client left mid-body, or a malformed chunk
-        raise BadRequest("the request body could not be read to its end") from None
-    return counter.body()
+    headers = request.headers
+    declared = request.content_length
+    return read_wsgi_body(request.stream.read, headers.get("content-length"), declared, limit)
 
 
 def read_json(
@@ -458,18 +322,7 @@ def post_worker_init(worker: Any) -> None:
     its requests (gunicorn's own SIGTERM handler only stops accepting)."""
     for ext in list(_INSTANCES):
         ext.start()
-
-    def chain(signum: int) -> None:
-        previous = signal.getsignal(signum)
-
-        def handler(number: int, frame: Any) -> None:
-            threading.Thread(target=_stop_all, name="watchroutes-stop", daemon=True).start()
-            if callable(previous):
-                previous(number, frame)
-
-        signal.signal(signum, handler)
-
-    chain(signal.SIGTERM)
+    chain_sigterm(_stop_all)
 
 
 def worker_int(worker: Any) -> None:
@@ -487,126 +340,7 @@ def _stop_all() -> None:
 # -- WebSocket: simple-websocket (the package behind flask-sock) on the request's socket
 
 
-class _Server(simple_websocket.Server):  # type: ignore[misc]
-    """simple-websocket's server, telling the hub's loop when its reader thread got
-    something (a message, the peer's close)."""
-
-    def __init__(self, environ: dict[str, Any], owner: _Socket, **options: Any) -> None:
-        self.owner = owner
-        super().__init__(environ, **options)
-
-    def _handle_events(self) -> bool:
-        keep_going: bool = super()._handle_events()
-        self.owner.poke()
-        return keep_going
-
-    def _thread(self) -> None:
-        try:
-            super()._thread()
-        finally:
-            self.connected = False
-            self.owner.poke()
-
-
-class _Socket:
-    """The runtime's socket over simple-websocket. The handshake is written at the first
-    read, write or close, once the hub has opened the socket's first subscription (a write
-    made after the client saw the 101 reaches it); writes run in a worker thread, one at a
-    time and in order, so that a slow peer never blocks the hub's loop."""
-
-    def __init__(self, environ: dict[str, Any], max_bytes: int, write_timeout: float) -> None:
-        self.environ = environ
-        self.max_bytes = max_bytes
-        self.write_timeout = write_timeout
-        self.subprotocol: str | None = None
-        self.ws: _Server | None = None
-        self.wake: anyio.Event | None = None
-        self.token: Any = None
-        self.limiter = anyio.CapacityLimiter(1)
-        self.opening: anyio.Lock | None = None
-        self.writing = threading.Lock()
-        self.pending_close: tuple[int, str] | None = None
-
-    def poke(self) -> None:  # from the reader thread
-        wake, token = self.wake, self.token
-        if wake is not None and token is not None:
-            with contextlib.suppress(Exception):  # the loop has ended
-                anyio.from_thread.run_sync(wake.set, token=token)
-
-    async def _call(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(
-            func, *args, limiter=self.limiter, abandon_on_cancel=True
-        )
-
-    async def accept(self, subprotocol: str | None) -> None:
-        self.token = anyio.lowlevel.current_token()
-        self.subprotocol = subprotocol
-        self.opening = anyio.Lock()
-
-    async def _open(self) -> _Server:
-        assert self.opening is not None
-        async with self.opening:
-            if self.ws is None:
-                subprotocol = self.subprotocol
-                self.ws = await self._call(
-                    functools.partial(
-                        _Server,
-                        self.environ,
-                        self,
-                        subprotocols=[subprotocol] if subprotocol else None,
-                        max_message_size=4 * self.max_bytes,  # the hub answers 1009
-                    )
-                )
-            return self.ws
-
-    async def receive(self) -> str | bytes | None:
-        ws = await self._open()
-        while True:
-            if ws.input_buffer:
-                message: str | bytes = ws.input_buffer.pop(0)
-                return message
-            if not ws.connected:
-                return None
-            self.wake = anyio.Event()
-            if not ws.input_buffer and ws.connected:  # (or it came in just now)
-                await self.wake.wait()
-
-    def _send(self, ws: _Server, text: str) -> None:
-        with self.writing:
-            ws.send(text)
-
-    async def send(self, text: str) -> None:
-        try:
-            await self._call(self._send, await self._open(), text)
-        except (simple_websocket.ConnectionClosed, OSError) as exc:
-            raise Disconnected from exc
-
-    def _close(self) -> None:
-        with self.writing:
-            ws, pending, self.pending_close = self.ws, self.pending_close, None
-            if ws is not None and pending is not None and ws.connected:
-                with contextlib.suppress(simple_websocket.ConnectionClosed, OSError):
-                    ws.close(*pending)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.pending_close = (code, reason)
-        await self._open()
-        await self._call(self._close)
-
-    def finish(self) -> None:
-        """After the hub is done (request thread): send a close that a stuck write held up,
-        once that write ends (at most the write timeout), wait briefly for the peer's close,
-        then end the TCP stream (which also ends the reader thread)."""
-        ws = self.ws
-        if ws is None:
-            return
-        if self.pending_close is not None and self.writing.acquire(timeout=self.write_timeout):
-            self.writing.release()
-            self._close()
-        ws.thread.join(1.0)
-        with contextlib.suppress(OSError):
-            ws.sock.shutdown(socket.SHUT_RDWR)
-        ws.thread.join(1.0)
+_Server = poking(simple_websocket.Server)
 
 
 class _Upgraded(Response):
@@ -620,21 +354,11 @@ class _Upgraded(Response):
 
 def _serve_websocket(ext: WatchRoutes, resource: Resource, key: str | None) -> Response:
     headers = request.headers
-    try:  # a handshake simple-websocket would refuse with an exception: a 400 instead
-        valid = len(base64.b64decode(headers.get("sec-websocket-key", ""), validate=True)) == 16
-    except ValueError:
-        valid = False
-    if not valid or headers.get("sec-websocket-version") != "13":
+    if not valid_handshake(headers.get("sec-websocket-key"), headers.get("sec-websocket-version")):
         return error_response(BadRequest("not a valid WebSocket handshake"))
-    offered = [
-        item.strip()
-        for value in headers.getlist("sec-websocket-protocol")
-        for item in value.split(",")
-        if item.strip()
-    ]
     ws_request = WebSocketRequest(
         query=list(request.args.items(multi=True)),
-        subprotocols=tuple(offered),
+        subprotocols=offered_subprotocols(headers.getlist("sec-websocket-protocol")),
         origin=headers.get("origin"),
         host=headers.get("host"),
         secure=request.scheme == "https",
@@ -644,22 +368,16 @@ def _serve_websocket(ext: WatchRoutes, resource: Resource, key: str | None) -> R
         cookies=request.cookies.to_dict(),
         client=request.remote_addr,
     )
-    limits = ext.limits or WebSocketLimits()
-    sock = _Socket(request.environ, limits.max_message_bytes, resource.hub.write_timeout)
-    serve = functools.partial(
-        resource.hub.serve_websocket,
-        resource.name,
+    served = serve_threaded(
+        ext.start(),
+        resource,
         ws_request,
-        sock,
+        server=_Server,
+        environ=request.environ,
+        closed=(simple_websocket.ConnectionClosed, OSError),
+        limits=ext.limits or WebSocketLimits(),
         authorize=ext.authorize,
-        limits=limits,
     )
-    try:
-        ext.start().call(serve)
-    except Exception:
-        if sock.ws is not None:
-            raise
+    if not served:
         return error_response(BadRequest("not a valid WebSocket handshake"))  # nothing sent
-    finally:
-        sock.finish()
     return _Upgraded()
