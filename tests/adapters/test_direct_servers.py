@@ -92,9 +92,12 @@ def uvicorn_serving(app: Any, hub: Hub, http: str, *, direct: bool = True) -> It
         thread.join(10)
 
 
-def watch_and_publish(url: str, orders: Resource, *, sse: bool = False) -> list[str]:
-    """Watch ``/orders`` (JSON lines, or SSE), create EVENTS orders one at a time from this
-    thread (each applied on the server's loop before the next), return the names received."""
+def watch_and_publish(
+    url: str, orders: Resource, *, sse: bool = False, on_loop: bool = True
+) -> list[str]:
+    """Watch ``/orders`` (JSON lines, or SSE), create EVENTS orders one at a time, on the
+    server's loop (each applied before the next: one event per loop turn), or from this
+    thread (``on_loop=False``: applied here, the loop woken), return the names received."""
     names: list[str] = []
     headers = {"Accept": "text/event-stream"} if sse else JSON
     with (
@@ -106,7 +109,10 @@ def watch_and_publish(url: str, orders: Resource, *, sse: bool = False) -> list[
         if sse:
             assert next(lines).startswith("retry:")  # the stream is open
         for i in range(EVENTS):
-            orders.create(order(i))
+            if on_loop:
+                orders.hub.call(orders.create, order(i))
+            else:
+                orders.create(order(i))
         for line in lines:
             if sse:
                 if not line.startswith("data: "):
@@ -133,6 +139,16 @@ def test_uvicorn_protocols_write_each_publish_to_an_idle_watch(http: str, sse: b
     # The path opens once a non-empty body reached the server as sent: at once for SSE (its
     # retry block), after the first event for a JSON-lines watch that starts empty.
     assert hub.statistics().direct_writes == (EVENTS if sse else EVENTS - 1)
+
+
+@pytest.mark.parametrize("sse", [True, False], ids=["sse", "jsonlines"])
+def test_publishes_from_a_thread_arrive_once_and_in_order(sse: bool) -> None:
+    """A thread's publish is applied in the thread; the loop only gets the wake-ups, which
+    take the queued frames on the direct path when the watch is idle, or wake its task."""
+    hub, orders = make_hub()
+    app = Starlette(routes=[Route("/orders", watch_endpoint(orders))])
+    with uvicorn_serving(app, hub, "httptools") as url:
+        assert watch_and_publish(url, orders, sse=sse, on_loop=False) == EXPECTED
 
 
 def test_uvicorns_own_protocol_keeps_the_asgi_path() -> None:

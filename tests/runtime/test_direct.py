@@ -334,3 +334,26 @@ async def test_the_in_memory_client_serves_as_the_direct_protocols_do(direct: bo
     with anyio.fail_after(5):
         while hub.statistics().active_watches:  # the client left: released
             await anyio.lowlevel.checkpoint()
+
+
+async def test_a_publish_from_another_thread_needs_no_turn_of_the_loop() -> None:
+    """A WSGI request thread's publish is applied in that thread, under the lock: it returns
+    while the loop is busy (here: blocked), and the watches waiting on the loop are woken
+    once it runs again (their wake-ups handed over in one call)."""
+    import threading
+
+    hub = Hub(heartbeat=60)
+    orders = hub.resource("orders", kind="Order")
+    wire = Wire()
+    async with anyio.create_task_group() as tg:
+        stream = await started(hub, wire, tg)
+        done: list[Any] = []
+        thread = threading.Thread(target=lambda: done.append(orders.create(order("o-1"))))
+        thread.start()
+        thread.join(10)  # (blocks the loop's thread: a round trip to the loop would hang)
+        assert not thread.is_alive()
+        assert done[0]["metadata"]["name"] == "o-1"
+        assert wire.data == []  # nothing written from the other thread
+        await settle()
+        assert [e["object"]["metadata"]["name"] for e in wire.events()] == ["o-1"]
+        stream.cancel()

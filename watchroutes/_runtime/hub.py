@@ -388,8 +388,8 @@ class Hub(Node):
         return _stamp(obj if obj is not None else msgspec.json.decode(stored.object), rv)
 
     def _commit(self, planned: Planned) -> Any:
-        if self._replica is None:
-            return self.call(self._commit_local, planned)
+        if self._replica is None:  # (from a thread: applied there, the loop only woken)
+            return self.apply(self._commit_local, planned)
         return self._shared(self._commit_shared, planned)
 
     async def _acommit(self, planned: Planned) -> Any:

@@ -64,7 +64,7 @@ async def answer_longpoll(
                 if answer is None and (event is None or event.is_set()):
                     # (under the lock that the step held: no wake-up falls in between)
                     event = anyio.Event()
-                    sub.waker = event.set
+                    sub.waker = hub.on_loop(event.set)
             if answer is not None:
                 break
             assert event is not None

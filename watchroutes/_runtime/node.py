@@ -15,6 +15,7 @@ the lock too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import random
@@ -129,6 +130,42 @@ class Follower(Protocol):
     async def own_writes(self) -> None: ...
 
 
+class _OnLoop:
+    """A wake-up that runs on the loop (see :meth:`Node.on_loop`)."""
+
+    __slots__ = ("_func", "_node")
+
+    def __init__(self, node: Node, func: Callable[[], None]) -> None:
+        self._node = node
+        self._func = func
+
+    def __call__(self) -> None:
+        deferred = self._node._deferred
+        if deferred is None:
+            self._func()
+        else:
+            deferred.append(self._func)
+
+
+def _run_all(funcs: list[Callable[[], None]]) -> None:
+    for func in funcs:
+        func()
+
+
+def _poster() -> Callable[..., object] | None:
+    """The running loop's thread-safe "call this soon" (asyncio or trio)."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        pass
+    try:
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    except (ImportError, RuntimeError):
+        return None
+
+
 class Node:
     """One process's share of a hub: state, lock, clock, metrics, settings, open watches."""
 
@@ -207,6 +244,12 @@ class Node:
         self.direct_writes = 0
         #: The watches whose direct-path frames wait for the end of this loop turn.
         self._corked: list[Callable[[], None]] = []
+        #: The loop's ``call_soon_threadsafe`` (or trio's ``run_sync_soon``): how a change
+        #: applied in another thread hands the loop its wake-ups (``None``: not bound).
+        self._post: Callable[..., object] | None = None
+        #: While a change is applied in another thread (under the lock): the loop-bound
+        #: wake-ups it caused, run on the loop once it is applied (:meth:`apply`).
+        self._deferred: list[Callable[[], None]] | None = None
 
     # -- the event loop and other threads ------------------------------------------------------
 
@@ -218,6 +261,34 @@ class Node:
         """
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
+        self._post = _poster()
+
+    def apply(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` under the lock, in the caller's thread, whichever it is: a change of
+        the state (a publish) from a WSGI request thread needs no round trip to the loop. The
+        wake-ups it causes for watches that wait on the loop (:meth:`on_loop`) are handed to
+        the loop in one call once it is applied; a watch of the blocking driver is woken in
+        place. Without a loop to hand them to, as :meth:`call`."""
+        post = self._post
+        if post is None or self._token is None or threading.get_ident() == self._loop_thread:
+            return self.call(func, *args)
+        deferred: list[Callable[[], None]] = []
+        with self.lock:
+            self._deferred = deferred
+            try:
+                result = func(*args)
+            finally:
+                self._deferred = None
+        if deferred:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits on it
+                post(_run_all, deferred)
+        return result
+
+    def on_loop(self, func: Callable[[], None]) -> Callable[[], None]:
+        """``func`` as a subscription's waker or close hook for a watch that waits on the
+        loop: called at once on the loop's thread, deferred to the loop when the change
+        that calls it is applied in another thread (:meth:`apply`)."""
+        return _OnLoop(self, func)
 
     def call(self, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` under the lock, on the bound loop's thread when there is one."""

@@ -415,15 +415,53 @@ class WatchStream:
         meter = self.meter
         if meter.per_write:
             meter.wrote(len(data), frame.time)
+        self._take(data)
+        return True
+
+    def _wake(self) -> None:
+        """The waker of a watch on the direct path: frames were queued (a publish the direct
+        path could not take, or one applied in another thread, whose wake-ups run on the
+        loop afterwards). If the watch is idle and its connection takes bytes, they are taken
+        here, as the task would, without waking it; otherwise the task wakes."""
+        alarm = self._alarm
+        direct = self._direct
+        hub = self.hub
+        if (
+            alarm is not None
+            and direct is not None
+            and alarm.idle
+            and direct.writable()
+            and hub.on_loop_thread()
+        ):
+            with hub.lock:
+                sub = self.subscription
+                session = self.session
+                now = hub.clock.now()
+                deadline = session.deadline()  # (None unless live)
+                if sub.closed is None and len(sub) and deadline is not None and now < deadline:
+                    oldest = sub.oldest_time() if self.meter.per_write else None
+                    before = sub.delivered
+                    data = session.step(now, hub.state.head)  # the queue, nothing else due
+                    hub.direct_writes += sub.delivered - before
+                    self.wrote(data, oldest)
+                    self._take(data)
+                    return
+        if alarm is not None:
+            alarm.set()
+
+    def _take(self, data: bytes) -> None:
+        """Write ``data`` taken on the direct path: at the end of this loop turn, with the
+        others of this watch, or at once where the loop is not asyncio."""
         pending = self._pending
         if pending is not None:
             pending.append(data)
         elif self._loop is not None:
             self._pending = [data]
-            hub.cork(self.flush_direct, self._loop)
+            self.hub.cork(self.flush_direct, self._loop)
         else:
+            direct = self._direct
+            assert direct is not None
             self._write_direct(direct, data)
-        return True
 
     def flush_direct(self) -> None:
         """Write the frames the direct path took this turn (the end of the turn, or the pump
@@ -446,10 +484,13 @@ class WatchStream:
     async def _pump(self, send: Send, alarm: Alarm, scope: _Scope) -> CloseReason:
         session = self.session
         sub = self.subscription
-        sub.waker = alarm.set
-        sub.on_close = self._closed
+        hub = self.hub
+        sub.on_close = hub.on_loop(self._closed)
         if self._direct is not None:
             sub.direct = self._deliver
+            sub.waker = hub.on_loop(self._wake)
+        else:
+            sub.waker = hub.on_loop(alarm.set)
         write = alarm.write
         while True:
             if self._pending is not None:
@@ -477,13 +518,13 @@ async def stream_chunks(stream: WatchStream) -> AsyncGenerator[bytes]:
     hub = stream.hub
     session = stream.session
     alarm = make_alarm(hub.clock, hub.write_timeout, lambda: None)
-    stream.subscription.waker = alarm.set
+    stream.subscription.waker = hub.on_loop(alarm.set)
 
     def closed() -> None:
         alarm.set()
         stream.closed_while_writing()
 
-    stream.subscription.on_close = closed
+    stream.subscription.on_close = hub.on_loop(closed)
     stream.on_cancel = alarm.set
     reason = CloseReason.CLIENT
     try:

@@ -283,8 +283,8 @@ class _Connection:
             self._refuse(sub_id, exc)
             return
         self.admissions[sub_id] = admission
-        session.subscription.waker = self.alarm.set
-        session.subscription.on_close = self._closed
+        session.subscription.waker = hub.on_loop(self.alarm.set)
+        session.subscription.on_close = hub.on_loop(self._closed)
         self.protocol.subscribed(sub_id, session)
         self.meters[sub_id] = WatchMeter(
             hub.metrics, hub.clock, res.name, "websocket", session.subscription
