@@ -138,7 +138,7 @@ def iterate_watch(stream: WatchStream) -> Iterator[bytes]:
     wake = threading.Event()
     reason = CloseReason.CLIENT
 
-    def closed() -> None:  # (in the publishing thread, under the hub's lock)
+    def closed() -> None:  # (in the publishing thread, which may be any, under the hub's lock)
         wake.set()
         stream.closed_while_writing()
 

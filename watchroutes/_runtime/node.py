@@ -284,6 +284,19 @@ class Node:
                 post(_run_all, deferred)
         return result
 
+    def call_soon(self, func: Callable[..., object], *args: Any) -> None:
+        """``func(*args)`` under the lock on the loop's thread, without waiting for it from
+        another thread (at once on the loop's thread, or where no loop is bound): for
+        bookkeeping a thread must not block on, as it may hold the lock the loop waits for."""
+        post = self._post
+        if post is None or self._token is None or threading.get_ident() == self._loop_thread:
+            self._locked(func, *args)
+            return
+        try:
+            post(self._locked, func, *args)
+        except RuntimeError:  # the loop is closed: do it here
+            self._locked(func, *args)
+
     def on_loop(self, func: Callable[[], None]) -> Callable[[], None]:
         """``func`` as a subscription's waker or close hook for a watch that waits on the
         loop: called at once on the loop's thread, deferred to the loop when the change

@@ -292,7 +292,7 @@ class WatchStream:
             hub.state.close_watch(self.subscription, reason)
         self.meter.closed(reason.value)
         self.admission.release()
-        hub.call(hub.untrack, self)  # on the loop: shutdown may be waiting for it
+        hub.call_soon(hub.untrack, self)  # on the loop: shutdown may be waiting for it
 
     async def run(self, send: Send, direct: DirectWriter | None = None) -> None:
         """Write the stream with ``send`` until it ends; never raises for a vanished peer.
