@@ -66,6 +66,7 @@ from . import (
     Resource,
     WebSocketLimits,
     WebSocketRequest,
+    cors_on,
     decode_json,
     freeze_startup_objects,
     http_chunk,
@@ -221,12 +222,6 @@ def _add_vary(response: web.StreamResponse) -> None:
         response.headers[hdrs.VARY] = f"{vary}, Accept" if vary else "Accept"
 
 
-def _cors_on(resource: Resource) -> bool:
-    """Whether the resource (or its hub) allows cross-origin access: only then is an
-    ``OPTIONS`` the CORS preflight (otherwise it goes to the view, as before)."""
-    return resource.cors is not None or resource.hub.cors is not None
-
-
 def watchable(
     resource: Resource,
     *,
@@ -261,7 +256,7 @@ def watchable(
             request = args[-1]
             if isinstance(request, web.View):  # a class-based view's method
                 request = request.request
-            if request.method == hdrs.METH_OPTIONS and _cors_on(resource):  # a CORS preflight
+            if request.method == hdrs.METH_OPTIONS and cors_on(resource):  # a CORS preflight
                 info = request_info(request, key)
                 preflight = resource.hub.answer_preflight(resource.name, info)
                 return await reply_response(request, preflight)

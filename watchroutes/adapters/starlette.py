@@ -59,6 +59,7 @@ from . import (
     WatchStream,
     WebSocketLimits,
     WebSocketRequest,
+    cors_on,
     decode_json,
     is_watch,
     mounted,
@@ -246,7 +247,7 @@ def watchable(
             if request is None:  # pragma: no cover - a misconfigured route
                 raise TypeError("watchable endpoint called without a Request")
             info = request_info(request, key)
-            if request.method == "OPTIONS" and (resource.cors or resource.hub.cors):
+            if request.method == "OPTIONS" and cors_on(resource):
                 return ReplyResponse(resource.hub.answer_preflight(resource.name, info))
             if request.method == "GET" and is_watch(info):  # (HEAD: a GET without the body)
                 if run_endpoint:  # the endpoint's own checks run for a watch too
