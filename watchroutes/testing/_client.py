@@ -12,7 +12,7 @@ import json
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
@@ -166,7 +166,69 @@ class StreamResponse:
         self._disconnect.set()
 
 
-class WatchClient:
+class InMemoryRequests:
+    """What every in-memory client builds on its ``stream()``: whole requests and watches."""
+
+    __test__ = False
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params = None,
+        headers: Headers = None,
+        body: bytes = b"",
+        json_body: Any = None,
+    ) -> AbstractAsyncContextManager[StreamResponse]:
+        raise NotImplementedError
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params = None,
+        headers: Headers = None,
+        body: bytes = b"",
+        json_body: Any = None,
+    ) -> TestResponse:
+        """A request whose body the app ends; returns it whole."""
+        async with self.stream(
+            method, path, params=params, headers=headers, body=body, json_body=json_body
+        ) as response:
+            data = await response.read()
+        return TestResponse(response.status, response.headers, data)
+
+    async def get(self, path: str, **kwargs: Any) -> TestResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> TestResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> TestResponse:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> TestResponse:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> TestResponse:
+        return await self.request("DELETE", path, **kwargs)
+
+    async def watch(
+        self,
+        path: str,
+        n: int,
+        *,
+        params: Params = None,
+        headers: Headers = None,
+    ) -> list[Any]:
+        """Open a watch, read ``n`` envelopes, disconnect, return them."""
+        async with self.stream("GET", path, params=params, headers=headers) as response:
+            return await response.take(n)
+
+
+class WatchClient(InMemoryRequests):
     """Drive an ASGI app in memory: plain requests, and streams read as they are written."""
 
     __test__ = False
@@ -225,38 +287,6 @@ class WatchClient:
                 recv_chunk.close()
                 tg.cancel_scope.cancel()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Params = None,
-        headers: Headers = None,
-        body: bytes = b"",
-        json_body: Any = None,
-    ) -> TestResponse:
-        """A request whose body the app ends; returns it whole."""
-        async with self.stream(
-            method, path, params=params, headers=headers, body=body, json_body=json_body
-        ) as response:
-            data = await response.read()
-        return TestResponse(response.status, response.headers, data)
-
-    async def get(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("GET", path, **kwargs)
-
-    async def post(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("POST", path, **kwargs)
-
-    async def put(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("PUT", path, **kwargs)
-
-    async def patch(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("PATCH", path, **kwargs)
-
-    async def delete(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("DELETE", path, **kwargs)
-
     @asynccontextmanager
     async def websocket(
         self,
@@ -294,18 +324,6 @@ class WatchClient:
                 socket._dispose()
         if not socket.was_accepted:
             raise WebSocketClosed(socket.close_code or 1006, socket.close_reason)
-
-    async def watch(
-        self,
-        path: str,
-        n: int,
-        *,
-        params: Params = None,
-        headers: Headers = None,
-    ) -> list[Any]:
-        """Open a watch, read ``n`` envelopes, disconnect, return them."""
-        async with self.stream("GET", path, params=params, headers=headers) as response:
-            return await response.take(n)
 
 
 class _StreamSink:

@@ -41,7 +41,14 @@ except ImportError as exc:  # pragma: no cover - exercised without aiohttp
         "watchroutes.testing.aiohttp needs aiohttp: pip install 'watchroutes[aiohttp]'"
     ) from exc
 
-from ._client import Headers, Params, StreamResponse, TestResponse, header_items, target
+from ._client import (
+    Headers,
+    InMemoryRequests,
+    Params,
+    StreamResponse,
+    header_items,
+    target,
+)
 from ._websocket import WebSocketClosed
 
 __all__ = ["AiohttpClient", "AiohttpWebSocket"]
@@ -254,7 +261,7 @@ def _request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-class AiohttpClient:
+class AiohttpClient(InMemoryRequests):
     """Drive an aiohttp ``web.Application`` in memory: plain requests, streams read as they
     are written, and WebSockets; the methods and readers are :class:`WatchClient`'s.
 
@@ -348,45 +355,6 @@ class AiohttpClient:
             finally:
                 transport.disconnect()  # also closes a connection whose response ended
                 tg.cancel_scope.cancel()
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Params = None,
-        headers: Headers = None,
-        body: bytes = b"",
-        json_body: Any = None,
-    ) -> TestResponse:
-        """A request whose body the app ends; returns it whole."""
-        async with self.stream(
-            method, path, params=params, headers=headers, body=body, json_body=json_body
-        ) as response:
-            data = await response.read()
-        return TestResponse(response.status, response.headers, data)
-
-    async def get(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("GET", path, **kwargs)
-
-    async def post(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("POST", path, **kwargs)
-
-    async def put(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("PUT", path, **kwargs)
-
-    async def patch(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("PATCH", path, **kwargs)
-
-    async def delete(self, path: str, **kwargs: Any) -> TestResponse:
-        return await self.request("DELETE", path, **kwargs)
-
-    async def watch(
-        self, path: str, n: int, *, params: Params = None, headers: Headers = None
-    ) -> list[Any]:
-        """Open a watch, read ``n`` envelopes, disconnect, return them."""
-        async with self.stream("GET", path, params=params, headers=headers) as response:
-            return await response.take(n)
 
     @asynccontextmanager
     async def websocket(
