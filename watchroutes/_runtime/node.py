@@ -130,6 +130,12 @@ class Follower(Protocol):
     async def own_writes(self) -> None: ...
 
 
+class Corked(Protocol):
+    """A watch whose direct-path frames wait for the end of the loop's turn."""
+
+    def flush_direct(self) -> None: ...
+
+
 class _OnLoop:
     """A wake-up that runs on the loop (see :meth:`Node.on_loop`)."""
 
@@ -243,7 +249,7 @@ class Node:
         #: Frames written by a publish straight to an idle watch (``stream``'s direct path).
         self.direct_writes = 0
         #: The watches whose direct-path frames wait for the end of this loop turn.
-        self._corked: list[Callable[[], None]] = []
+        self._corked: list[Corked] = []
         #: The loop's ``call_soon_threadsafe`` (or trio's ``run_sync_soon``): how a change
         #: applied in another thread hands the loop its wake-ups (``None``: not bound).
         self._post: Callable[..., object] | None = None
@@ -317,19 +323,19 @@ class Node:
         with self.lock:  # readers in other threads (get, list, statistics) take it too
             return func(*args)
 
-    def cork(self, flush: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
-        """Call ``flush`` at the end of this turn of ``loop`` (one callback per turn for all
-        the watches that took frames on the direct path in it)."""
+    def cork(self, stream: Corked, loop: asyncio.AbstractEventLoop) -> None:
+        """``stream.flush_direct()`` at the end of this turn of ``loop`` (one callback per
+        turn for all the watches that took frames on the direct path in it)."""
         corked = self._corked
-        corked.append(flush)
+        corked.append(stream)
         if len(corked) == 1:
             loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
         corked = self._corked
         self._corked = []
-        for flush in corked:
-            flush()
+        for stream in corked:
+            stream.flush_direct()
 
     def on_loop_thread(self) -> bool:
         """Whether the caller runs on the thread of the loop the node is bound to."""

@@ -231,8 +231,9 @@ class WatchStream:
         self._scope: _Scope | None = None
         self._alarm: Alarm | None = None
         self._direct: DirectWriter | None = None
-        #: The direct path's frames of this loop turn, written together at its end.
-        self._pending: list[bytes] | None = None
+        #: The direct path's frames of this loop turn, written together at its end: one
+        #: frame as it is (no container to allocate per watcher and event), more as a list.
+        self._pending: bytes | list[bytes] | None = None
         #: The asyncio loop the pump runs on (``None``: not asyncio, no corking).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancelled = False
@@ -454,10 +455,13 @@ class WatchStream:
         others of this watch, or at once where the loop is not asyncio."""
         pending = self._pending
         if pending is not None:
-            pending.append(data)
+            if isinstance(pending, list):
+                pending.append(data)
+            else:
+                self._pending = [pending, data]
         elif self._loop is not None:
-            self._pending = [data]
-            self.hub.cork(self.flush_direct, self._loop)
+            self._pending = data
+            self.hub.cork(self, self._loop)
         else:
             direct = self._direct
             assert direct is not None
@@ -472,7 +476,7 @@ class WatchStream:
         self._pending = None
         direct = self._direct
         if direct is not None and not self._finished:
-            self._write_direct(direct, pending[0] if len(pending) == 1 else b"".join(pending))
+            self._write_direct(direct, b"".join(pending) if isinstance(pending, list) else pending)
 
     def _write_direct(self, direct: DirectWriter, data: bytes) -> None:
         try:
