@@ -402,6 +402,8 @@ class WatchStream:
         the end of that turn (one write, as the task would write its queue), so a burst of
         events keeps costing one write per watcher; elsewhere each is written at once.
         """
+        if self._pending is not None:  # this turn's later frames queue (see flush_direct)
+            return False
         alarm = self._alarm
         direct = self._direct
         if alarm is None or direct is None or not alarm.idle or not direct.writable():
@@ -423,32 +425,45 @@ class WatchStream:
         """The waker of a watch on the direct path: frames were queued (a publish the direct
         path could not take, or one applied in another thread, whose wake-ups run on the
         loop afterwards). If the watch is idle and its connection takes bytes, they are taken
-        here, as the task would, without waking it; otherwise the task wakes."""
+        here, as the task would, without waking it; otherwise the task wakes. Frames queued
+        behind one this turn already took are left to the end of the turn (flush_direct):
+        a burst costs a buffer append per frame, as on the task path."""
+        if self._pending is not None:
+            return
         alarm = self._alarm
         direct = self._direct
-        hub = self.hub
         if (
             alarm is not None
             and direct is not None
             and alarm.idle
             and direct.writable()
-            and hub.on_loop_thread()
+            and self.hub.on_loop_thread()
         ):
-            with hub.lock:
-                sub = self.subscription
-                session = self.session
-                now = hub.clock.now()
-                deadline = session.deadline()  # (None unless live)
-                if sub.closed is None and len(sub) and deadline is not None and now < deadline:
-                    oldest = sub.oldest_time() if self.meter.per_write else None
-                    before = sub.delivered
-                    data = session.step(now, hub.state.head)  # the queue, nothing else due
-                    hub.direct_writes += sub.delivered - before
-                    self.wrote(data, oldest)
-                    self._take(data)
-                    return
+            data = self._take_queue()
+            if data is not None:
+                self._take(data)
+                return
         if alarm is not None:
             alarm.set()
+
+    def _take_queue(self) -> bytes | None:
+        """The queued frames, stepped out of the session under the hub's lock, when the watch
+        is live with nothing else due (no close, bookmark, heartbeat or end); else ``None``
+        and the queue is left to the task."""
+        hub = self.hub
+        with hub.lock:
+            sub = self.subscription
+            session = self.session
+            now = hub.clock.now()
+            deadline = session.deadline()  # (None unless live)
+            if sub.closed is not None or not len(sub) or deadline is None or now >= deadline:
+                return None
+            oldest = sub.oldest_time() if self.meter.per_write else None
+            before = sub.delivered
+            data = session.step(now, hub.state.head)  # the queue, nothing else is due
+            hub.direct_writes += sub.delivered - before
+        self.wrote(data, oldest)
+        return data
 
     def _take(self, data: bytes) -> None:
         """Write ``data`` taken on the direct path: at the end of this loop turn, with the
@@ -475,8 +490,18 @@ class WatchStream:
             return
         self._pending = None
         direct = self._direct
-        if direct is not None and not self._finished:
-            self._write_direct(direct, b"".join(pending) if isinstance(pending, list) else pending)
+        if direct is None or self._finished:
+            return
+        data = b"".join(pending) if isinstance(pending, list) else pending
+        wake = False
+        if len(self.subscription):  # frames queued this turn behind the first
+            more = self._take_queue()
+            if more is not None:
+                data += more
+            wake = more is None or bool(len(self.subscription))
+        self._write_direct(direct, data)
+        if wake and self._alarm is not None:
+            self._alarm.set()  # the task takes what is left (a close, a due bookmark)
 
     def _write_direct(self, direct: DirectWriter, data: bytes) -> None:
         try:
